@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, BinaryIO, TypeVar, Union, overload
 
-from deardiary_lightning.backends.base import Backend
+from deardiary_lightning.backends.base import Backend, ReadableStream
 from deardiary_lightning.entities import (
     AuthInfo,
     Experiment,
@@ -616,9 +616,7 @@ class Client:
     def get_resources(self, experiment_id: Id) -> list[Resource]: ...
 
     @overload
-    def get_resources(
-        self, experiment_id: Id, page: Pagination
-    ) -> PaginatedResponse[Resource]: ...
+    def get_resources(self, experiment_id: Id, page: Pagination) -> PaginatedResponse[Resource]: ...
 
     def get_resources(
         self, experiment_id: Id, page: Pagination | None = None
@@ -652,9 +650,9 @@ class Client:
         """
         if data is None:
             path = Path(name)
-            with path.open("rb") as stream:
+            with path.open("rb") as file:
                 return self.backend.create_resource(
-                    experiment_id, _check_name("resource", path.name), stream, _size_of(stream)
+                    experiment_id, _check_name("resource", path.name), file, _size_of(file)
                 )
         if not isinstance(name, str):
             msg = "with data, name must be the resource name (str); pass a path alone to upload"
@@ -962,7 +960,7 @@ def _size_of(stream: IO[bytes]) -> int | None:
     return end - start
 
 
-def _copy(source: IO[bytes], target: IO[bytes]) -> int:
+def _copy(source: ReadableStream, target: IO[bytes]) -> int:
     """Copy a stream in chunks and return the byte count."""
     written = 0
     for chunk in iter(lambda: source.read(CHUNK_SIZE), b""):
@@ -974,12 +972,11 @@ def _copy(source: IO[bytes], target: IO[bytes]) -> int:
 class _closing:
     """Close a stream on exit (``contextlib.closing`` wants a typed ``close``)."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: ReadableStream) -> None:
         self.stream = stream
 
-    def __enter__(self) -> IO[bytes]:
+    def __enter__(self) -> ReadableStream:
         return self.stream
 
     def __exit__(self, *exc: object) -> None:
         self.stream.close()
-

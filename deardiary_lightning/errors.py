@@ -206,8 +206,10 @@ def api_error_for(status: int, code: str, message: str, *, method: str, url: str
     """
     if code == "TOKEN_EXPIRED":
         cls: type[APIError] = TokenExpiredError
-    elif code in ("INVALID_CREDENTIALS", "USER_NOT_FOUND") and method == "POST" and (
-        url.rstrip("/").endswith("/auth")
+    elif (
+        code in ("INVALID_CREDENTIALS", "USER_NOT_FOUND")
+        and method == "POST"
+        and (url.rstrip("/").endswith("/auth"))
     ):
         cls = AuthenticationError
     elif status >= 500:

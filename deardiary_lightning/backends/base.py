@@ -26,7 +26,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from deardiary_lightning.entities import (
     AuthInfo,
@@ -46,10 +46,20 @@ from deardiary_lightning.entities import (
     User,
 )
 
-__all__ = ["Backend", "TagTarget", "local_utc_offset"]
+__all__ = ["Backend", "ReadableStream", "TagTarget", "local_utc_offset"]
 
 #: Kinds of entity a tag can be attached to.
 TagTarget = str  # "project" | "experiment" | "iteration"
+
+
+class ReadableStream(Protocol):
+    """A binary stream to read resource bytes from, in chunks."""
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Return up to ``size`` bytes; ``b""`` at the end."""
+
+    def close(self) -> None:
+        """Release the stream."""
 
 
 def local_utc_offset() -> timedelta:
@@ -252,9 +262,7 @@ class Backend(abc.ABC):
     # -- resources ----------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def create_resource(
-        self, experiment_id: Id, name: str, data: BinaryIO, size: int | None
-    ) -> Id:
+    def create_resource(self, experiment_id: Id, name: str, data: BinaryIO, size: int | None) -> Id:
         """Store an artifact, reading ``data`` in chunks (never whole into memory).
 
         Args:
@@ -292,7 +300,7 @@ class Backend(abc.ABC):
         """Delete a resource and its bytes."""
 
     @abc.abstractmethod
-    def open_resource_data(self, resource_id: Id) -> BinaryIO | None:
+    def open_resource_data(self, resource_id: Id) -> ReadableStream | None:
         """Open the bytes of a resource for streaming reads, or return ``None`` if missing.
 
         The caller reads the stream in chunks and closes it.
@@ -346,4 +354,3 @@ class Backend(abc.ABC):
         resource_id: Id | None,
     ) -> None:
         """Change a version's stage, description or resource."""
-
