@@ -81,6 +81,9 @@ APP_NAME = "DearDiary local store"
 #: Largest page, as on the server.
 MAX_LIMIT = 200
 
+#: Seconds during which the later pages of a list read reuse the first page's look at the store.
+PAGE_READ_WINDOW = 2.0
+
 #: Chunk size for resource bytes.
 CHUNK_SIZE = 1024 * 1024
 
@@ -153,7 +156,6 @@ class LocalBackend(Backend):
         self._counter = 0
         self._record_number = 0
         self._last_t = 0
-        self._refresh_interval = 0.0 if self._location.mode == "append" else 0.2
         self._last_refresh = -math.inf
         self._refresh(force=True)
 
@@ -182,10 +184,11 @@ class LocalBackend(Backend):
         """Read what other writers added to the store since the last read."""
         self._refresh(force=True)
 
-    def _refresh(self, *, force: bool = False) -> None:
+    def _refresh(self, *, force: bool = False, max_age: float = 0.0) -> None:
+        """Apply other writers' new records, unless the last look is under ``max_age`` s old."""
         with self._lock:
             now = time.monotonic()
-            if not force and now - self._last_refresh < self._refresh_interval:
+            if not force and now - self._last_refresh < max_age:
                 return
             try:
                 if not self._exists:
@@ -202,10 +205,16 @@ class LocalBackend(Backend):
                 self._state.apply_many(batches)
 
     @contextmanager
-    def _reading(self) -> Iterator[State]:
-        """Hold the lock, with other writers' records applied."""
+    def _reading(self, page: Pagination | None = None) -> Iterator[State]:
+        """Hold the lock, with other writers' records applied.
+
+        The later pages of a list read (``offset > 0``) reuse a look taken in the last
+        :data:`PAGE_READ_WINDOW` seconds, so paging through a long list costs one listing of the
+        store, not one per page.
+        """
         with self._lock:
-            self._refresh()
+            continuing = page is not None and page.offset > 0
+            self._refresh(max_age=PAGE_READ_WINDOW if continuing else 0.0)
             yield self._state
 
     def _ensure_writer(self) -> LogWriter:
@@ -351,7 +360,7 @@ class LocalBackend(Backend):
 
     def list_experiments(self, project_id: Id, page: Pagination) -> PaginatedResponse[Experiment]:
         """Return one page of a project's experiments, oldest first."""
-        with self._reading() as state:
+        with self._reading(page) as state:
             rows = state.rows_under("experiment", project_id)
             return cast(PaginatedResponse[Experiment], _paged(rows, page, Experiment.from_wire))
 
@@ -436,7 +445,7 @@ class LocalBackend(Backend):
 
     def list_iterations(self, experiment_id: Id, page: Pagination) -> PaginatedResponse[Iteration]:
         """Return one page of an experiment's iterations (children included), oldest first."""
-        with self._reading() as state:
+        with self._reading(page) as state:
             rows = state.rows_under("iteration", experiment_id)
             return cast(PaginatedResponse[Iteration], _paged(rows, page, Iteration.from_wire))
 
@@ -544,7 +553,7 @@ class LocalBackend(Backend):
 
     def list_parameters(self, iteration_id: Id, page: Pagination) -> PaginatedResponse[Parameter]:
         """Return one page of an iteration's parameters, oldest first."""
-        with self._reading() as state:
+        with self._reading(page) as state:
             rows = state.rows_under("parameter", iteration_id)
             return cast(PaginatedResponse[Parameter], _paged(rows, page, Parameter.from_wire))
 
@@ -650,7 +659,7 @@ class LocalBackend(Backend):
 
     def list_metrics(self, iteration_id: Id, page: Pagination) -> PaginatedResponse[Metric]:
         """Return one page of an iteration's points, by step then creation."""
-        with self._reading() as state:
+        with self._reading(page) as state:
             rows = state.sorted_metrics(iteration_id)
             return cast(PaginatedResponse[Metric], _paged(rows, page, _metric))
 
@@ -816,7 +825,7 @@ class LocalBackend(Backend):
 
     def list_resources(self, experiment_id: Id, page: Pagination) -> PaginatedResponse[Resource]:
         """Return one page of an experiment's resources, oldest first."""
-        with self._reading() as state:
+        with self._reading(page) as state:
             rows = state.rows_under("resource", experiment_id)
             return cast(PaginatedResponse[Resource], _paged(rows, page, Resource.from_wire))
 
@@ -918,7 +927,7 @@ class LocalBackend(Backend):
 
     def list_models(self, project_id: Id, page: Pagination) -> PaginatedResponse[Model]:
         """Return one page of a project's models, oldest first."""
-        with self._reading() as state:
+        with self._reading(page) as state:
             rows = state.rows_under("model", project_id)
             return cast(PaginatedResponse[Model], _paged(rows, page, Model.from_wire))
 
@@ -1011,7 +1020,7 @@ class LocalBackend(Backend):
         self, model_id: Id, page: Pagination
     ) -> PaginatedResponse[ModelVersion]:
         """Return one page of a model's versions, by number."""
-        with self._reading() as state:
+        with self._reading(page) as state:
             rows = sorted(state.rows_under("model_version", model_id), key=lambda r: r["version"])
             return cast(PaginatedResponse[ModelVersion], _paged(rows, page, ModelVersion.from_wire))
 
