@@ -12,14 +12,21 @@ In-process::
 
 In a separate process (for benchmarks, or tests that kill the server)::
 
-    with server_in_subprocess(auth=True) as remote:
-        remote.add_fault(FaultRule(kind="status", status=503, probability=0.1))
+    with server_in_subprocess(auth=True) as url:
+        RemoteServer(url).add_fault(FaultRule(kind="status", status=503, probability=0.1))
 
 Pytest fixtures live in :mod:`tests.deardiary_server.fixtures`.
 """
 
 from ._faults import FaultRule
-from ._process import RemoteServer, server_in_subprocess, spawn
+from ._process import RemoteServer, server_in_subprocess, spawn, terminate
 from ._server import DearDiaryTestServer
 
-__all__ = ["DearDiaryTestServer", "FaultRule", "RemoteServer", "server_in_subprocess", "spawn"]
+__all__ = [
+    "DearDiaryTestServer",
+    "FaultRule",
+    "RemoteServer",
+    "server_in_subprocess",
+    "spawn",
+    "terminate",
+]

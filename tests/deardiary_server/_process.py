@@ -97,10 +97,12 @@ def spawn(
 
 @dataclass
 class RemoteServer:
-    """A test server in another process, driven through its control routes."""
+    """Drive a test server through its ``/_test/...`` control routes, given its URL.
+
+    Works with a server in another process (see :func:`spawn`) as well as an in-process one.
+    """
 
     url: str
-    process: subprocess.Popen[str]
 
     def _call(self, method: str, path: str, payload: Any = None) -> Any:
         data = None if payload is None else json.dumps(payload).encode("utf-8")
@@ -111,7 +113,8 @@ class RemoteServer:
 
     def add_fault(self, rule: FaultRule | dict[str, Any]) -> None:
         """Append a fault rule."""
-        self._call("POST", "/_test/faults", rule.to_json() if isinstance(rule, FaultRule) else rule)
+        payload = rule.to_json() if isinstance(rule, FaultRule) else rule
+        self._call("POST", "/_test/faults", payload)
 
     def clear_faults(self) -> None:
         """Remove every fault rule."""
@@ -138,29 +141,30 @@ class RemoteServer:
         token: str = self._call("POST", "/_test/token", payload)["access_token"]
         return token
 
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM the process and wait for it; SIGKILL if it does not exit in time."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        return self.process.returncode
+
+def terminate(process: subprocess.Popen[str], timeout: float = 10.0) -> int:
+    """SIGTERM a spawned server and wait for it (SIGKILL if it does not exit in time)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+    return process.returncode
 
 
 @contextmanager
-def server_in_subprocess(**kwargs: Any) -> Iterator[RemoteServer]:
+def server_in_subprocess(**kwargs: Any) -> Iterator[str]:
     """Run a test server in a subprocess for the duration of a ``with`` block.
 
-    Takes the keyword arguments of :func:`spawn` and yields a :class:`RemoteServer`.
+    Takes the keyword arguments of :func:`spawn` and yields the server's URL; drive it with
+    ``RemoteServer(url)``. The process gets SIGTERM on exit.
     """
     url, process = spawn(**kwargs)
-    remote = RemoteServer(url, process)
     try:
-        yield remote
+        yield url
     finally:
-        remote.stop()
+        terminate(process)

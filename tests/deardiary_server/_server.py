@@ -112,7 +112,7 @@ class DearDiaryTestServer:
         self._state_lock = threading.RLock()
         self._stats_lock = threading.Lock()
         self._connections: set[socket.socket] = set()
-        self._counters: dict[str, int] = {"requests": 0, "writes_applied": 0}
+        self._counters = {"requests": 0, "writes_applied": 0, "connections": 0}
         self._responses: dict[str, int] = {}
         self._httpd: _HTTPServer | None = None
         self._serve_thread: threading.Thread | None = None
@@ -228,6 +228,7 @@ class DearDiaryTestServer:
         with self._stats_lock:
             if add:
                 self._connections.add(connection)
+                self._counters["connections"] += 1
             else:
                 self._connections.discard(connection)
 
@@ -291,7 +292,8 @@ class DearDiaryTestServer:
     def stats(self) -> dict[str, Any]:
         """Counters: ``requests`` (outside ``/_test``), ``faults`` fired per kind,
         ``writes_applied`` (POST/PATCH/DELETE whose handler succeeded, dropped answers
-        included) and ``responses`` by status code (answers actually sent)."""
+        included), ``responses`` by status code (answers actually sent) and ``connections``
+        accepted (control routes included)."""
         with self._stats_lock:
             stats: dict[str, Any] = dict(self._counters)
             stats["responses"] = dict(self._responses)
@@ -430,7 +432,7 @@ class DearDiaryTestServer:
             logger.debug("connection broken during %s %s: %r", method, path, exc)
             handler.close_connection = True
 
-    def _send(self, handler: _Handler, response: Response) -> None:
+    def _send(self, handler: _Handler, response: Response, *, count: bool = True) -> None:
         """Write a response; small bodies go out with the headers in one write."""
         size = response.file.stat().st_size if response.file is not None else len(response.body)
         try:
@@ -447,9 +449,10 @@ class DearDiaryTestServer:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-        with self._stats_lock:
-            key = str(response.status)
-            self._responses[key] = self._responses.get(key, 0) + 1
+        if count:
+            with self._stats_lock:
+                key = str(response.status)
+                self._responses[key] = self._responses.get(key, 0) + 1
 
         if handler.command == "HEAD":
             handler.wfile.write(head)
@@ -498,7 +501,7 @@ class DearDiaryTestServer:
             response = Response.json(400, {"message": f"bad control request: {exc}"})
 
         body.drain()
-        self._send(handler, response)
+        self._send(handler, response, count=False)
         if outage_seconds is not None:
             # After the answer is out: the outage closes this connection too.
             threading.Thread(
