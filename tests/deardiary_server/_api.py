@@ -11,6 +11,7 @@ halfway by foreign keys, batch ids in hash order, and so on.
 from __future__ import annotations
 
 import hashlib
+import http
 import logging
 import secrets
 import uuid
@@ -43,8 +44,8 @@ from ._wire import (
     not_found,
     now_text,
     parse_body,
-    parse_query_int,
     server_error,
+    try_parse_int,
     unprocessable,
 )
 
@@ -62,11 +63,6 @@ CORS_HEADERS = (
 )
 
 _ACTION_BY_METHOD = {"GET": "read", "POST": "create", "PATCH": "update", "DELETE": "delete"}
-_TAG_TABLES = {
-    "project": ("project_tag", "project_id", "project"),
-    "experiment": ("experiment_tag", "experiment_id", "experiment"),
-    "iteration": ("iteration_tag", "iteration_id", "iteration"),
-}
 
 
 @dataclass
@@ -532,12 +528,12 @@ class Api:
         except ApiError as exc:
             return Response.json(exc.status, {"code": exc.code, "message": exc.message})
         except GenericError as exc:
-            return _generic(exc.status)
+            return generic_response(exc.status)
         except BodyError:
             raise
         except Exception as exc:  # the framework answers any uncaught exception with a 500
             logger.debug("uncaught %r on %s %s", exc, request.method, request.path)
-            return _generic(500)
+            return generic_response(500)
 
     # --- authentication and guards ---------------------------------------------------------------
 
@@ -599,7 +595,7 @@ class Api:
 
         raw = request.params[guard.param]
         if guard.kind == "self":
-            target = self._guard_id(raw)
+            target = self._parse_id(raw)
             if target is None:
                 raise not_found()
             if target != request.user["id"]:
@@ -617,15 +613,15 @@ class Api:
         if permission is None or not permission[f"{action}_permission"]:
             raise ApiError(403, "PROJECT_PERMISSION_REQUIRED", "Project permission required")
 
-    def _guard_id(self, raw: str) -> Id | None:
-        """A path id as the guards read it: ``None`` when it is not an id of this build."""
+    def _parse_id(self, raw: str) -> Id | None:
+        """A path id of this build (any string for UUIDs), ``None`` when it is not one."""
         if self.id_kind == "uuid":
             return raw
-        return parse_query_int(raw) if raw.strip() == raw else None
+        return try_parse_int(raw) if raw.strip() == raw else None
 
     def _owning_project(self, resolver: str, raw: str) -> Id | None:
         """The project that owns the entity named in the URL, ``None`` when unresolvable."""
-        entity_id = self._guard_id(raw)
+        entity_id = self._parse_id(raw)
         if entity_id is None:
             return None
         if resolver == "project":
@@ -663,10 +659,7 @@ class Api:
 
     def _path_id(self, request: Request, name: str = "id") -> Id:
         """A path id as the framework converts it: a non-integer is a generic 500 (int build)."""
-        raw = request.params[name]
-        if self.id_kind == "uuid":
-            return raw
-        value = parse_query_int(raw) if raw.strip() == raw else None
+        value = self._parse_id(request.params[name])
         if value is None:
             raise crash(f"path parameter {name} is not an integer")
         return value
@@ -721,9 +714,9 @@ class Api:
         serialise: Callable[[dict[str, Any]], dict[str, Any]],
     ) -> Response:
         """A page envelope (section 4): limit 0..200 (default 50), offset >= 0."""
-        limit = parse_query_int(request.query.get("limit"))
+        limit = try_parse_int(request.query.get("limit"))
         limit = 50 if limit is None else min(max(limit, 0), 200)
-        offset = parse_query_int(request.query.get("offset"))
+        offset = try_parse_int(request.query.get("offset"))
         offset = 0 if offset is None else max(offset, 0)
 
         total = self.db.scalar(f'SELECT COUNT(*) FROM "{table}" WHERE {where}', params)
@@ -1076,7 +1069,7 @@ class Api:
         parent_id: Id | None = None
         if "parent_iteration_id" in request.query:
             raw = request.query["parent_iteration_id"]
-            parent_id = raw if self.id_kind == "uuid" else parse_query_int(raw)
+            parent_id = raw if self.id_kind == "uuid" else try_parse_int(raw)
             if parent_id is None:
                 raise unprocessable("parent_iteration_id must be an integer")
 
@@ -1178,7 +1171,7 @@ class Api:
         values = {"iteration_id": iteration_id, "key": body["key"], "value": body["value"]}
         return _created("parameter", self._insert("parameter", values, "parameter"))
 
-    def _child_of_open_iteration(self, table: str, row_id: Id) -> dict[str, Any] | None:
+    def _with_iteration_end(self, table: str, row_id: Id) -> dict[str, Any] | None:
         """A parameter or metric with the ``end_date`` of its iteration, ``None`` if missing."""
         return self.db.row(
             f'SELECT c.*, i.end_date AS _ended FROM "{table}" c'
@@ -1189,7 +1182,7 @@ class Api:
     def update_parameter(self, request: Request) -> Response:
         parameter_id = self._path_id(request)
         body = self._json(request, _PARAMETER_UPDATE)
-        row = self._child_of_open_iteration("parameter", parameter_id)
+        row = self._with_iteration_end("parameter", parameter_id)
         if row is None:
             raise unprocessable("Failed to update parameter")
         if row["_ended"] is not None:
@@ -1202,7 +1195,7 @@ class Api:
     def _delete_iteration_child(self, request: Request, table: str) -> Response:
         """Delete a parameter or metric: missing or ended iteration is 500 ``SERVER_ERROR``."""
         row_id = self._path_id(request)
-        row = self._child_of_open_iteration(table, row_id)
+        row = self._with_iteration_end(table, row_id)
         if row is None or row["_ended"] is not None:
             raise server_error(f"Failed to delete {table}")
         self.db.delete(table, row_id)
@@ -1278,7 +1271,7 @@ class Api:
     def update_metric(self, request: Request) -> Response:
         metric_id = self._path_id(request)
         body = self._json(request, _METRIC_UPDATE)
-        row = self._child_of_open_iteration("metric", metric_id)
+        row = self._with_iteration_end("metric", metric_id)
         if row is None:
             raise unprocessable("Failed to update metric")
         if row["_ended"] is not None:
@@ -1400,9 +1393,8 @@ class Api:
         return Response.json(200, _tag_json(self._get_or_404("tag", self._path_id(request))))
 
     def list_tags(self, request: Request, kind: str) -> Response:
-        table, column, _ = _TAG_TABLES[kind]
         rows = self.db.rows(
-            f"SELECT t.* FROM {table} a JOIN tag t ON t.id = a.tag_id WHERE a.{column} = ?"
+            f"SELECT t.* FROM {kind}_tag a JOIN tag t ON t.id = a.tag_id WHERE a.{kind}_id = ?"
             " ORDER BY a.rowid",
             (self._path_id(request),),
         )
@@ -1411,8 +1403,7 @@ class Api:
     def add_tag(self, request: Request, kind: str) -> Response:
         parent_id = self._path_id(request)
         body = self._json(request, _TAG_CREATE)
-        table, column, parent_table = _TAG_TABLES[kind]
-        parent = self.db.get(parent_table, parent_id)
+        parent = self.db.get(kind, parent_id)
         if parent is None:
             raise unprocessable("Failed to add tag")
         if kind == "iteration" and parent["end_date"] is not None:
@@ -1424,7 +1415,8 @@ class Api:
         tag_id = self.db.scalar("SELECT id FROM tag WHERE value = ?", (body["value"],))
         if tag_id is None:
             raise crash("tag row missing after insert")
-        association_id = self._insert(table, {column: parent_id, "tag_id": tag_id}, "tag")
+        association = {f"{kind}_id": parent_id, "tag_id": tag_id}
+        association_id = self._insert(f"{kind}_tag", association, "tag")
         return _created("association", association_id)
 
     def delete_tag(self, request: Request) -> Response:
@@ -1591,9 +1583,12 @@ class Api:
         return Response.json(200, _OK)
 
 
-def _generic(status: int) -> Response:
-    """The framework's own error body."""
-    reason = {400: "Bad Request", 500: "Internal Server Error"}.get(status, "Error")
+def generic_response(status: int) -> Response:
+    """The framework's own error body, ``{"message": "<status>: <reason>"}``."""
+    try:
+        reason = http.HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Error"
     return Response.json(status, {"message": f"{status}: {reason}"})
 
 
@@ -1611,10 +1606,9 @@ def _build_routes() -> list[Route]:
     pg = _project_guard
 
     def tags(kind: str) -> dict[str, tuple[Guard, Handler]]:
-        resolver = "project" if kind == "project" else kind
         return {
-            "GET": (pg(resolver), lambda api, r: api.list_tags(r, kind)),
-            "POST": (pg(resolver), lambda api, r: api.add_tag(r, kind)),
+            "GET": (pg(kind), lambda api, r: api.list_tags(r, kind)),
+            "POST": (pg(kind), lambda api, r: api.add_tag(r, kind)),
         }
 
     table: list[tuple[str, dict[str, tuple[Guard, Handler]]]] = [

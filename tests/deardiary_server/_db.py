@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -328,8 +328,3 @@ class Database:
     def set_meta(self, key: str, value: str) -> None:
         """Store a server setting in the database."""
         self.write("INSERT OR REPLACE INTO _meta (key, value) VALUES (?, ?)", (key, value))
-
-    def many(self, sql: str, seq: Iterable[Sequence[Any]]) -> None:
-        """Run a statement for each parameter tuple (each one committed on its own)."""
-        for params in seq:
-            self.write(sql, params)

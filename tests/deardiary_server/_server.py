@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._api import Api, Response, _generic
+from ._api import Api, Response, generic_response
 from ._body import CHUNK_SIZE, BodyError, BodyReader
 from ._db import ConstraintError, Database, Id
 from ._faults import FAULT_KINDS, FaultInjector, FaultRule
@@ -397,7 +397,7 @@ class DearDiaryTestServer:
             body = BodyReader(handler.rfile, handler.headers)
         except BodyError:
             handler.close_connection = True
-            self._send(handler, _generic(400))
+            self._send(handler, generic_response(400))
             return
 
         try:
@@ -521,11 +521,7 @@ def _fault_response(rule: FaultRule) -> Response:
     if rule.body is not None:
         response = Response(rule.status, dumps(rule.body), JSON_CONTENT_TYPE)
     else:
-        try:
-            phrase = http.HTTPStatus(rule.status).phrase
-        except ValueError:
-            phrase = "Error"
-        response = Response.json(rule.status, {"message": f"{rule.status}: {phrase}"})
+        response = generic_response(rule.status)
     response.headers.extend(rule.headers.items())
     return response
 

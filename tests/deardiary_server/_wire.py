@@ -302,7 +302,7 @@ def parse_body(raw: bytes, fields: Sequence[Field], id_kind: str) -> dict[str, A
     return read_fields(read_json(raw), fields, id_kind)
 
 
-def parse_query_int(text: str | None) -> int | None:
+def try_parse_int(text: str | None) -> int | None:
     """Julia's ``tryparse(Int, s)``: an optional sign and decimal digits, else ``None``."""
     if text is None:
         return None
