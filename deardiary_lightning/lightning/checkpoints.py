@@ -5,8 +5,7 @@
 ``last``), the epoch and global step of the save and the file's modification stamp, so that:
 
 - a file is uploaded once per version (a rewritten ``last.ckpt`` is a new version),
-- the resource name tells the iteration, the epoch and the step:
-  ``iteration=<id>-epoch=<e>-step=<s>-<file name>``,
+- the resource name tells the iteration, the epoch and the step (see :func:`resource_name`),
 - files the callback has rotated out (deleted from disk by its top-k) can be found, so their
   resources can be deleted too.
 
@@ -22,6 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -67,7 +67,7 @@ def unstage(staged: str) -> None:
 
 
 def resource_name(iteration_id: Any, epoch: int, step: int, path: str) -> str:
-    """Name the resource of a checkpoint file.
+    """Name the resource of a checkpoint file: iteration, epoch, step, then the file name.
 
     Args:
         iteration_id: The run's iteration.
@@ -76,9 +76,16 @@ def resource_name(iteration_id: Any, epoch: int, step: int, path: str) -> str:
         path: The checkpoint file.
 
     Returns:
-        ``iteration=<id>-epoch=<epoch>-step=<step>-<file name>``.
+        ``iteration=<id>-epoch=<epoch>-step=<step>-<file name>``, or
+        ``iteration=<id>-<file name>`` when the file name already holds ``epoch=<epoch>`` and
+        ``step=<step>`` (ModelCheckpoint's default names, ``epoch=2-step=30.ckpt``).
     """
-    return f"iteration={iteration_id}-epoch={epoch}-step={step}-{os.path.basename(path)}"
+    base = os.path.basename(path)
+    if re.search(rf"(^|\W)epoch={epoch}(\W|$)", base) and re.search(
+        rf"(^|\W)step={step}(\W|$)", base
+    ):
+        return f"iteration={iteration_id}-{base}"
+    return f"iteration={iteration_id}-epoch={epoch}-step={step}-{base}"
 
 
 @dataclasses.dataclass

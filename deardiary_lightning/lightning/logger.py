@@ -241,8 +241,9 @@ class DearDiaryLogger(Logger):
     **Checkpoints** (``log_checkpoints``): ``False``, nothing; ``True``, the best and the last
     checkpoint when fitting ends (or fails); ``"all"``, every checkpoint file as soon as it is
     saved. Uploads are streamed in the background. Resources are named
-    ``iteration=<id>-epoch=<epoch>-step=<step>-<file name>``. Deleting rotated-out checkpoints
-    and registering the best one as a model version are options of
+    ``iteration=<id>-epoch=<epoch>-step=<step>-<file name>`` (``iteration=<id>-<file name>``
+    when the file name already says ``epoch=<epoch>`` and ``step=<step>``). Deleting
+    rotated-out checkpoints and registering the best one as a model version are options of
     :class:`~deardiary_lightning.lightning.DearDiaryCallback`.
 
     Args:
