@@ -566,6 +566,28 @@ def test_users_and_burnt_ids(api: Api) -> None:
     assert "password" not in json.dumps(api.get("/user/").json())
 
 
+def test_each_start_burns_a_user_id(deardiary_server_factory: Factory, tmp_path: Path) -> None:
+    first = deardiary_server_factory(data_dir=tmp_path)
+    before = first.create_user("one", "pw")
+    first.stop()
+    second = deardiary_server_factory(data_dir=tmp_path)
+    assert second.create_user("two", "pw") == int(before) + 2
+    assert Api(second.url).get("/user/").json()[1]["username"] == "one"
+
+
+def test_a_stored_non_finite_value_breaks_every_read_of_it(
+    api: Api, deardiary_server: DearDiaryTestServer
+) -> None:
+    _, _, iteration = _tree(api)
+    metric = api.created(
+        f"/metric/iteration/{iteration}", "metric_id", json={"key": "a", "value": 1}
+    )
+    deardiary_server.query("UPDATE metric SET value = 9e999 WHERE id = ?", (metric,))
+    assert api.get(f"/metric/{metric}").json() == GENERIC_500
+    assert api.get(f"/metric/iteration/{iteration}").json() == GENERIC_500
+    assert api.get(f"/metric/iteration/{iteration}?limit=0").json()["total"] == 1
+
+
 # --- resources (sections 5.8, 5.9) -------------------------------------------------------------
 
 
@@ -840,6 +862,9 @@ def test_guards_for_non_admins(deardiary_server_factory: Factory) -> None:
         403,
         "ADMIN_REQUIRED",
     )
+    assert carol.patch(f"/user/{user_id}", json={"first_name": "C"}).ok
+    assert carol.delete(f"/user/{user_id}").json() == {"message": "OK"}
+    assert _error(carol.get("/auth/me")) == (401, "USER_NOT_FOUND")
 
 
 # --- UUID ids (section 9) --------------------------------------------------------------------
@@ -853,6 +878,7 @@ def test_uuid_build(deardiary_server_factory: Factory) -> None:
     metric_ids = api.post(
         f"/metric/iteration/{iteration}/batch", json={"metrics": [{"key": "a", "value": 1}]}
     ).json()["metric_ids"]
+    assert api.get("/health").json()["package_version"] == "0.9.1"
     for value in (project, experiment, iteration, model, *metric_ids):
         assert isinstance(value, str) and UUID_RE.match(value)
     row = api.get(f"/iteration/{iteration}").json()
