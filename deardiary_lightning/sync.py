@@ -38,6 +38,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
@@ -242,6 +243,7 @@ class _Syncer:
         progress: Callable[[SyncProgress], None] | None,
         retries: int,
         backoff: float,
+        concurrency: int,
     ) -> None:
         self.local = Client(backend)
         self.backend = backend
@@ -251,6 +253,8 @@ class _Syncer:
         self.status = SyncProgress()
         self.progress = progress
         self.retries = retries
+        self.concurrency = max(1, concurrency)
+        self._pool = ThreadPoolExecutor(self.concurrency) if self.concurrency > 1 else None
         self.backoff = backoff
         offset = backend.server_utc_offset()
         self._param_cache: dict[str, list[Parameter]] = {}
@@ -382,6 +386,8 @@ class _Syncer:
                 self._project(project, plan)
         finally:
             self.journal.close()
+            if self._pool is not None:
+                self._pool.shutdown()
         self.status.current = "done"
         self._tick()
         return self.report
@@ -651,27 +657,53 @@ class _Syncer:
         self.report.points_skipped += len(done)
         self._tick(points=len(done))
         attempt = 0
-        while pending:
+        position = 0
+        while position < len(pending):
             if needs_check:
-                pending = self._adopt_points(pending, rows, remote, local_id)
+                pending = self._adopt_points(pending[position:], rows, remote, local_id)
+                position = 0
                 needs_check = False
                 continue
-            batch = _next_batch(pending)
+            window = _batches(pending, position, self.concurrency)
+            results = self._send_window(remote, window)
+            position += sum(len(batch) for batch in window)
+            failed: list[MetricRow] = []
+            failure: BaseException | None = None
+            for batch, error in zip(window, results, strict=True):
+                if error is None:
+                    journal.write({"j": "points", "it": local_id, "ids": [r[0] for r in batch]})
+                    self.report.points_sent += len(batch)
+                    self._tick(points=len(batch))
+                else:
+                    failed.extend(batch)
+                    if failure is None or not isinstance(error, RETRYABLE):
+                        failure = error
+            if failure is not None:
+                pending = failed + pending[position:]
+                position = 0
+                if not isinstance(failure, RETRYABLE):
+                    raise failure
+                attempt += 1
+                self._retry(attempt, failure)
+                needs_check = True
+
+    def _send_window(self, remote: Any, window: list[list[MetricRow]]) -> list[Any]:
+        """Send batches, several at a time; return ``None`` or the error of each."""
+
+        def send(batch: list[MetricRow]) -> BaseException | None:
             step, at = batch[0][3], batch[0][4]
             when = self._aware(parse_datetime(at)) if at else None
             try:
                 self.target.log_metrics(
                     remote, [(r[1], r[2]) for r in batch], step=step, recorded_at=when
                 )
-            except RETRYABLE as exc:
-                attempt += 1
-                self._retry(attempt, exc)
-                needs_check = True
-                continue
-            journal.write({"j": "points", "it": local_id, "ids": [r[0] for r in batch]})
-            del pending[: len(batch)]
-            self.report.points_sent += len(batch)
-            self._tick(points=len(batch))
+            except Exception as exc:  # reported to the caller, which decides
+                return exc
+            return None
+
+        if len(window) == 1 or self._pool is None:
+            return [send(batch) for batch in window]
+        return list(self._pool.map(send, window))
 
     def _adopt_points(
         self, pending: list[Any], rows: list[Any], remote: Any, local_id: str
@@ -839,17 +871,22 @@ class _Plan:
         self.points = points
 
 
-def _next_batch(pending: list[Any]) -> list[Any]:
-    """Take the leading points that share step and time, with distinct keys."""
-    first = pending[0]
-    keys = {first[1]}
-    batch = [first]
-    for row in pending[1:MAX_BATCH]:
-        if row[3] != first[3] or row[4] != first[4] or row[1] in keys:
-            break
-        keys.add(row[1])
-        batch.append(row)
-    return batch
+def _batches(pending: list[MetricRow], start: int, count: int) -> list[list[MetricRow]]:
+    """Cut up to ``count`` batches from ``start``: points sharing step and time, distinct keys."""
+    batches: list[list[MetricRow]] = []
+    while start < len(pending) and len(batches) < count:
+        first = pending[start]
+        keys = {first[1]}
+        end = start + 1
+        while end < len(pending) and end - start < MAX_BATCH:
+            row = pending[end]
+            if row[3] != first[3] or row[4] != first[4] or row[1] in keys:
+                break
+            keys.add(row[1])
+            end += 1
+        batches.append(pending[start:end])
+        start = end
+    return batches
 
 
 def _text(value: datetime | None) -> str | None:
@@ -885,6 +922,7 @@ def sync(
     storage_options: dict[str, Any] | None = None,
     retries: int = 5,
     backoff: float = 0.5,
+    concurrency: int = 4,
 ) -> SyncReport:
     """Replay a local store into ``client``'s target, exactly once (see the module docstring).
 
@@ -899,6 +937,7 @@ def sync(
         retries: Attempts per request after a transport error, 5xx or 429, before giving up
             (a later sync resumes where this one stopped).
         backoff: First wait between attempts, in seconds (doubled each time).
+        concurrency: Metric batches in flight at once (the server handles them in parallel).
 
     Returns:
         What was created, adopted, sent and updated.
@@ -908,4 +947,5 @@ def sync(
         DearDiaryError: The target kept failing; run the sync again to resume.
     """
     backend = open_source(source, storage_options)
-    return _Syncer(backend, client, progress, retries, backoff).run(iterations, project)
+    syncer = _Syncer(backend, client, progress, retries, backoff, concurrency)
+    return syncer.run(iterations, project)

@@ -13,6 +13,7 @@ a later poll); it waits until the row appears.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable
 from typing import Any
 
@@ -108,8 +109,17 @@ class State:
             for record in records:
                 merged.append(((int(record.get("t", 0)), writer, int(record.get("n", 0))), record))
         merged.sort(key=lambda pair: pair[0])
-        for stamp, record in merged:
-            self.apply(stamp, record)
+        # Replaying a long log creates many small objects; the cyclic collector would rescan
+        # them all again and again, so it waits until the replay is over.
+        paused = len(merged) > 1000 and gc.isenabled()
+        if paused:
+            gc.disable()
+        try:
+            for stamp, record in merged:
+                self.apply(stamp, record)
+        finally:
+            if paused:
+                gc.enable()
 
     def apply(self, stamp: Stamp, record: Record) -> None:
         """Apply one record (unknown operations are skipped: a newer minor writer's extras)."""
