@@ -32,8 +32,6 @@ from tests.deardiary_server import (
 )
 from tests.deardiary_server._auth import issue_token
 
-pytest_plugins = ["tests.deardiary_server.fixtures"]
-
 Factory = Callable[..., DearDiaryTestServer]
 GENERIC_400 = {"message": "400: Bad Request"}
 GENERIC_500 = {"message": "500: Internal Server Error"}

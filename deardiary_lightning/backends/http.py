@@ -577,7 +577,7 @@ class HTTPBackend(Backend):
             data = _encode_json(body)
         elif raw is not None:
             headers["Content-Type"] = raw.content_type
-            data = raw
+            data = raw.as_request_body()
         start = time.perf_counter()
         try:
             response = self._session.request(
@@ -815,21 +815,22 @@ def _deadline_from_jwt(token: str) -> float | None:
         return None
     issued = claims.get("iat")
     if isinstance(issued, int):
-        lifetime = max(exp - issued, 0)
+        lifetime = float(max(exp - issued, 0))
     else:
         # Without iat, exp is skewed by the server's offset: remaining lifetime is exp minus the
         # server's "now as UTC". Comparing with our own UTC clock is off by at most the offset,
         # which is bounded by the 24 h lifetime, so the minimum with 24 h keeps it sane.
-        lifetime = min(max(exp - int(time.time()), 0), 24 * 3600)
-    return time.monotonic() + REFRESH_AT * lifetime
+        lifetime = min(max(exp - time.time(), 0.0), 24 * 3600.0)
+    # exp has whole seconds (servers may round up): take one second off before scaling.
+    return time.monotonic() + REFRESH_AT * max(lifetime - 1.0, 0.0)
 
 
 class _MultipartStream:
     """A ``multipart/form-data`` body produced while it is sent, never held whole in memory.
 
     ``requests`` treats an object with ``read`` and ``__len__`` as a stream with a known
-    ``Content-Length`` and hands it to ``http.client``, which reads it in blocks. When the file's
-    size is unknown the body goes out with chunked transfer encoding instead.
+    ``Content-Length`` and reads it in blocks. When the file's size is unknown the body is handed
+    over as a generator and goes out with chunked transfer encoding instead.
     """
 
     def __init__(
@@ -867,10 +868,14 @@ class _MultipartStream:
         self._pos = 0
 
     def __len__(self) -> int:
+        return self._length or 0
+
+    def as_request_body(self) -> _MultipartStream | Iterator[bytes]:
+        """What to hand to ``requests``: the stream itself when its length is known (sent with
+        ``Content-Length``), else a generator, which ``requests`` sends chunked."""
         if self._length is None:
-            # requests asks for a length; 0 means unknown and selects chunked encoding.
-            return 0
-        return self._length
+            return iter(self)
+        return self
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(lambda: self.read(UPLOAD_CHUNK), b"")

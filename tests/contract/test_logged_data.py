@@ -131,7 +131,7 @@ def test_create_metric_returns_a_readable_id(run: Run) -> None:
 
 def test_log_metrics_batch(run: Run) -> None:
     client = run.client
-    values = {f"k{i}": i / 8 for i in range(12)}
+    values = {f"k{i}": 10 + i / 8 for i in range(12)}
     ids = client.log_metrics(run.iteration_id, values, step=3)
     assert len(ids) == len(set(ids)) == 12
     stored = {client.get_metric(i).key for i in ids}  # type: ignore[union-attr]
