@@ -30,11 +30,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
+from deardiary_lightning.backends.local import LocalBackend
 from deardiary_lightning.client import Client, connect
 from deardiary_lightning.entities import (
     ExperimentStatus,
@@ -43,6 +44,7 @@ from deardiary_lightning.entities import (
     Metric,
 )
 from deardiary_lightning.errors import ConflictError
+from deardiary_lightning.sync import Journal
 
 __all__ = [
     "SPOOL_AFTER",
@@ -126,24 +128,14 @@ class Spool:
         url: The local store (path or fsspec URL).
         project: Name of the run's project.
         experiment: Name of the run's experiment.
-        journal: Called as ``journal(spool_client, remote_url, pairs)`` to record that mirror
-            ids (``pairs``: ``(kind, spool_id, remote_id)``) stand for server ids, so that
-            ``sync`` compares instead of creating copies. ``None`` records nothing.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        project: str,
-        experiment: str,
-        journal: Callable[[Client, str, list[tuple[str, Id, Id]]], None] | None = None,
-    ) -> None:
+    def __init__(self, url: str, *, project: str, experiment: str) -> None:
         self.url = url
         self.project = project
         self.experiment = experiment
-        self._journal = journal
         self._client: Client | None = None
+        self._shift = timedelta(0)
         self.project_id: Id | None = None
         self.experiment_id: Id | None = None
         self.iteration_id: Id | None = None
@@ -193,8 +185,26 @@ class Spool:
         self._record_link()
         return self.iteration_id
 
-    def link(self, remote_url: str, *, project_id: Id, experiment_id: Id, iteration_id: Id) -> None:
-        """Declare which server entities the mirror stands for (recorded once it exists)."""
+    def link(
+        self,
+        remote_url: str,
+        *,
+        project_id: Id,
+        experiment_id: Id,
+        iteration_id: Id,
+        server_offset: timedelta,
+    ) -> None:
+        """Declare which server entities the mirror stands for (recorded once it exists).
+
+        Args:
+            remote_url: The server's URL as its client reports it (the journal's key).
+            project_id: The server's project.
+            experiment_id: The server's experiment.
+            iteration_id: The server's iteration.
+            server_offset: The server clock's offset from UTC: mirrored time stamps are kept
+                in the local store's own clock, as ``sync`` expects.
+        """
+        self._shift = self.client.backend.server_utc_offset() - server_offset
         pairs = [
             ("project", project_id),
             ("experiment", experiment_id),
@@ -205,28 +215,106 @@ class Spool:
         if self.started:
             self._record_link()
 
+    def _open_journal(self) -> Journal | None:
+        """The sync journal of this spool for the linked server (``None`` before linking)."""
+        backend = self.client.backend
+        if self._remote is None or not isinstance(backend, LocalBackend):
+            return None
+        return Journal(backend, self._remote[0])
+
     def _record_link(self) -> None:
-        """Write the mirror-to-server mapping into the sync journal, once."""
-        if self._linked or self._remote is None or self._journal is None:
+        """Tell ``sync`` that the mirror is the server's run, so it compares before sending.
+
+        The mirror project, experiment and iteration are mapped to the server's; the iteration
+        is marked *open* (sync then reads the server's rows and sends only what is missing) and
+        the experiment's state is recorded as it is, so sync leaves the server's alone.
+        """
+        if self._linked or self._remote is None or self.iteration_id is None:
             return
-        remote_url, pairs = self._remote
-        local = {
-            "project": self.project_id,
-            "experiment": self.experiment_id,
-            "iteration": self.iteration_id,
-        }
-        rows = [(kind, local[kind], remote) for kind, remote in pairs if local[kind] is not None]
-        self._journal(
-            self.client, remote_url, [(k, lid, rid) for k, lid, rid in rows if lid is not None]
-        )
+        journal = self._open_journal()
+        if journal is None:
+            return
+        try:
+            local = {
+                "project": self.project_id,
+                "experiment": self.experiment_id,
+                "iteration": self.iteration_id,
+            }
+            for kind, remote in self._remote[1]:
+                local_id = local[kind]
+                if local_id is None:
+                    continue
+                mapped = journal.mapped(kind, local_id)
+                if mapped is None:
+                    journal.map(kind, local_id, remote)
+                elif mapped != remote:
+                    logger.warning(
+                        "the spool's %s %s is already synced to %s, not %s",
+                        kind,
+                        local_id,
+                        mapped,
+                        remote,
+                    )
+            experiment = self.client.get_experiment(self.experiment_id or "")
+            if experiment is not None:
+                end = experiment.end_date
+                state = [
+                    experiment.status_id,
+                    None if end is None else end.isoformat(timespec="milliseconds"),
+                    experiment.description,
+                ]
+                journal.mark(f"experiment-state:{experiment.id}", state)
+            journal.mark(f"open:{self.iteration_id}", True)
+        finally:
+            journal.close()
         self._linked = True
+
+    def settle(self, parameter_ids: dict[str, Id]) -> None:
+        """Record in the journal that everything in the mirror is on the server.
+
+        Called by the writer when it closes with nothing left undelivered, so that a later
+        ``sync`` of the spool has nothing to compare or send for this run.
+
+        Args:
+            parameter_ids: The server's parameter id for each key.
+        """
+        if self.iteration_id is None:
+            return
+        journal = self._open_journal()
+        if journal is None:
+            return
+        backend = self.client.backend
+        assert isinstance(backend, LocalBackend)
+        iteration_id = str(self.iteration_id)
+        try:
+            points = [row[0] for row in backend.metric_rows(iteration_id)]
+            fresh = [point for point in points if point not in journal.points]
+            if fresh:
+                journal.write({"j": "points", "it": iteration_id, "ids": fresh})
+            for parameter in self.client.get_parameters(iteration_id):
+                remote = parameter_ids.get(parameter.key)
+                if remote is not None:
+                    journal.map("parameter", parameter.id, remote, [parameter.key, parameter.value])
+            for tag in self.client.get_tags(iteration_id):
+                journal.mark(f"tag:iteration:{iteration_id}:{tag.value}", True)
+            mirror = self.client.get_iteration(iteration_id)
+            if mirror is not None and mirror.ended:
+                journal.mark(f"ended:{iteration_id}", True)
+            elif mirror is not None:
+                state = [mirror.status_id, mirror.notes, mirror.error_message]
+                journal.mark(f"iteration-state:{iteration_id}", state)
+            journal.mark(f"open:{iteration_id}", False)
+        finally:
+            journal.close()
 
     # -- writes -------------------------------------------------------------------------------
 
     def write_batch(self, step: int, recorded_at: datetime, items: list[tuple[str, float]]) -> None:
-        """Mirror one metric batch with its fingerprint."""
+        """Mirror one metric batch; ``recorded_at`` is its fingerprint, in the server's clock."""
         iteration_id = self.ensure()
-        self.client.log_metrics(iteration_id, items, step=step, recorded_at=recorded_at)
+        self.client.log_metrics(
+            iteration_id, items, step=step, recorded_at=recorded_at + self._shift
+        )
 
     def write_parameter(self, key: str, text: str) -> None:
         """Mirror a parameter (an upsert by key)."""
@@ -259,7 +347,7 @@ class Spool:
         self.client.update_iteration(self.ensure(), notes=text)
 
     def write_end(self, status_id: int, error_message: str | None, end_date: datetime) -> None:
-        """End the mirror iteration like the run."""
+        """End the mirror iteration like the run (``end_date`` aware, or naive local)."""
         if self.ended:
             return
         self.client.update_iteration(
@@ -285,7 +373,8 @@ class Spool:
         for row in client.get_metrics(self.iteration_id):
             if row.recorded_at is None:
                 continue
-            out.batches.setdefault((row.step, row.recorded_at), []).append((row.key, row.value))
+            when = row.recorded_at - self._shift
+            out.batches.setdefault((row.step, when), []).append((row.key, row.value))
         for parameter in client.get_parameters(self.iteration_id):
             out.parameters[parameter.key] = parameter.value
         out.tags = {tag.value for tag in client.get_tags(self.iteration_id)}

@@ -274,16 +274,6 @@ def _resolve(
     return _Ids(project_id, experiment_id, new_id)
 
 
-def _journal_hook() -> Callable[[Client, str, list[tuple[str, Id, Id]]], None] | None:
-    """The sync journal's recorder, when the sync module provides one."""
-    try:
-        from deardiary_lightning import sync as sync_module
-    except ImportError:  # pragma: no cover - sync is part of the package
-        return None
-    hook = getattr(sync_module, "record_mapping", None)
-    return hook if callable(hook) else None
-
-
 # -- the writer -------------------------------------------------------------------------------
 
 
@@ -388,7 +378,7 @@ def _open_remote(
     retry: RetryPolicy,
 ) -> RunWriter:
     """Open a run on a server, or in the spool when the server cannot be reached."""
-    spool = Spool(spool_url, project=project, experiment=experiment, journal=_journal_hook())
+    spool = Spool(spool_url, project=project, experiment=experiment)
     credentials = _Credentials(target, username, password, token)
     client: Client | None = None
     ids: _Ids | None = None
@@ -411,12 +401,13 @@ def _open_remote(
         if client is not None:
             client.close()
         client = None
-    if ids is not None:
+    if ids is not None and client is not None:
         spool.link(
-            target,
+            client.url,
             project_id=ids.project_id,
             experiment_id=ids.experiment_id,
             iteration_id=ids.iteration_id,
+            server_offset=client.backend.server_utc_offset(),
         )
     return RunWriter(
         client=client,
@@ -808,7 +799,12 @@ class RunWriter:
         self._closed = True
         shutdown.unregister(self)
 
-        if self._needs_sync and self._spool is not None and self._spool.started:
+        if self._spool is not None and self._spool.started and not self._needs_sync:
+            try:
+                self._spool.settle({key: state[0] for key, state in self._param_state.items()})
+            except (DearDiaryError, OSError) as exc:
+                logger.warning("could not update the spool's sync journal: %s", exc)
+        elif self._needs_sync and self._spool is not None and self._spool.started:
             logger.warning(
                 "the DearDiary server at %s did not take everything before the run closed; the "
                 "rest is kept in %s. Upload it when the server is back with:\n"
@@ -1002,14 +998,11 @@ class RunWriter:
             elif isinstance(op, _Notes):
                 spool.write_notes(op.text)
             elif isinstance(op, _End):
-                spool.write_end(op.status_id, op.error_message, self._local_time(op.end_date))
+                spool.write_end(op.status_id, op.error_message, op.end_date)
         except (DearDiaryError, OSError) as exc:
             logger.error("could not write to the spool at %s: %s", spool.url, exc)
             return
         op.spooled = True
-
-    def _local_time(self, when: datetime) -> datetime:
-        return to_server_clock(when, self._offset)
 
     def _spool_overdue(self) -> None:
         """Spool every operation still unacknowledged ``SPOOL_AFTER`` seconds after logging."""
@@ -1035,10 +1028,12 @@ class RunWriter:
 
     def _dispatch(self) -> None:
         """Hand operations to the senders, keeping series and metadata in order."""
-        if self._mode != _LIVE or self._abandon:
+        if self._mode != _LIVE or self._abandon or self._special_busy:
+            # Nothing new goes out while a check runs: the check reads a list that must not
+            # move under it.
             return
         if self._uncertain:
-            if not self._inflight and not self._special_busy:
+            if not self._inflight:
                 grace = (
                     1.0
                     if any(
@@ -1407,6 +1402,14 @@ class RunWriter:
                 if count > 1:
                     logger.warning("metric %r at step %d is stored %d times", key, op.step, count)
             rest = [(key, value) for key, value in op.items if key not in found]
+            logger.debug(
+                "checked batch of step %d at %s: %d of %d keys landed (%d rows of the step)",
+                op.step,
+                op.when,
+                len(found),
+                len(op.items),
+                len(rows),
+            )
             if not rest:
                 return None
             retry = _Batch(op.logged, step=op.step, when=op.when, items=rest)
@@ -1448,10 +1451,11 @@ class RunWriter:
         ids = _resolve(self._remote, project, experiment, iteration_id, parent_iteration_id)
         self._offset = self._remote.backend.server_utc_offset()
         self._spool.link(
-            self.url,
+            self._remote.url,
             project_id=ids.project_id,
             experiment_id=ids.experiment_id,
             iteration_id=ids.iteration_id,
+            server_offset=self._offset,
         )
         self._ids = ids
         logger.info("the run is now on the DearDiary server as iteration %s", ids.iteration_id)
@@ -1503,11 +1507,12 @@ class RunWriter:
                 ops.append(notes)
             if mirror.ended and remote_iteration is not None and not remote_iteration.ended:
                 assert mirror.end_date is not None
+                zone = timezone(self._spool.client.backend.server_utc_offset())
                 end = _End(
                     time.time(),
                     status_id=mirror.status_id,
                     error_message=mirror.error_message or None,
-                    end_date=mirror.end_date,
+                    end_date=mirror.end_date.replace(tzinfo=zone),
                 )
                 end.spooled = True
                 ops.append(end)

@@ -1,0 +1,50 @@
+"""Fixtures of the delivery tests: the test server and helpers that check exactly-once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deardiary_lightning.delivery import shutdown
+
+pytest_plugins = ["tests.deardiary_server.fixtures"]
+
+
+def server_points(server: Any, iteration_id: Any) -> Counter[tuple[str, int, float]]:
+    """Count the stored points of an iteration by (key, step, value), read from the database."""
+    rows = server.query(
+        "SELECT key, step, value FROM metric WHERE iteration_id = ?", (iteration_id,)
+    )
+    return Counter((row["key"], int(row["step"]), float(row["value"])) for row in rows)
+
+
+def expected_points(steps: int, keys: int) -> Counter[tuple[str, int, float]]:
+    """The points a run logging ``keys`` values per step over ``steps`` steps must leave."""
+    return Counter(
+        (f"m{k}", step, float(step * 10 + k)) for step in range(steps) for k in range(keys)
+    )
+
+
+def values(step: int, keys: int) -> dict[str, float]:
+    """The metrics logged at one step (distinct, checkable values)."""
+    return {f"m{k}": float(step * 10 + k) for k in range(keys)}
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> str:
+    """A fresh spool directory."""
+    return str(tmp_path / "spool")
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_writers() -> Iterator[None]:
+    """Fail loudly if a test leaves a writer open (its threads would outlive the test)."""
+    yield
+    leftovers = shutdown._open_writers()
+    for writer in leftovers:
+        writer.close(timeout=1.0)
+    assert not leftovers, "a test left a run writer open"
