@@ -147,7 +147,29 @@ class SyncReport:
 
 
 class Journal:
-    """The sync journal of one local store and one target (see the module docstring)."""
+    """The sync journal of one local store and one target (see the module docstring).
+
+    The journal is an append-only log under ``sync/<target-key>/`` of the store. Its records
+    (``j`` names the kind) are part of the store format, and the delivery pipeline writes them
+    too when it drains its spool, so a later ``sync`` knows what already reached the server:
+
+    - ``{"j": "map", "kind": K, "local": L, "remote": R, "sig": S}``: local row ``L`` of kind
+      ``K`` is ``R`` on the target; ``sig`` is what was sent (``[key, value]`` of a parameter,
+      ``[name, description, content_hash]`` of a resource) so that later local changes are
+      noticed;
+    - ``{"j": "intent", "kind": K, "local": L, "before": [ids]}``: about to create ``L``; the
+      target had these ids before;
+    - ``{"j": "points", "it": L, "ids": [...]}``: these local metric points are on the target;
+    - ``{"j": "mark", "key": K, "value": V}``: flags, keyed ``open:<iteration>`` (data being
+      sent; compare contents on resume), ``ended:<iteration>``, ``iteration-state:<iteration>``
+      (``[status_id, notes, error_message]`` last sent), ``experiment-state:<experiment>``
+      (``[status_id, end_date, description]`` last sent), ``tag:<kind>:<id>:<value>`` and
+      ``stage:<model version>``.
+
+    Args:
+        backend: The local store.
+        target_url: The target's URL (without credentials); it names the journal.
+    """
 
     def __init__(self, backend: LocalBackend, target_url: str) -> None:
         self.backend = backend

@@ -29,14 +29,15 @@ def server() -> Iterator[Any]:
         yield running
 
 
-@pytest.fixture(params=["http", "local"])
+@pytest.fixture(params=["http-int", "http-uuid", "local"])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dd.Client]:
-    """A fresh target: a project-less test server view, or a second local store."""
-    if request.param == "http":
+    """A fresh target: the test server (integer or UUID ids), or a second local store."""
+    if request.param.startswith("http"):
         from tests.deardiary_server import DearDiaryTestServer
 
+        ids = request.param.split("-")[1]
         with (
-            DearDiaryTestServer(auth=False, id_kind="int") as running,
+            DearDiaryTestServer(auth=False, id_kind=ids) as running,
             dd.connect(running.url) as client,
         ):
             yield client
