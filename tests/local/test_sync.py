@@ -344,3 +344,45 @@ def test_sync_from_s3_store(request: pytest.FixtureRequest, tmp_path: Path) -> N
     sync(spec.url, target, storage_options=spec.storage_options)
     assert snapshot(target) == snapshot(source)
     assert sync(spec.url, target, storage_options=spec.storage_options).nothing_new
+
+
+def test_killed_sync_process_resumes(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from tests.deardiary_server import DearDiaryTestServer
+
+    source_path = tmp_path / "source"
+    source = dd.connect(source_path)
+    populate(source, points=5)
+    iteration = source.create_iteration(source.get_experiments(source.get_projects()[0].id)[0].id)
+    for step in range(1500):
+        source.log_metrics(iteration, {"long": float(step)}, step=step)
+    source.end_iteration(iteration, "SUCCEEDED")
+
+    with DearDiaryTestServer(auth=False, id_kind="int") as server:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        command = [sys.executable, "-m", "deardiary_lightning.cli", "sync", str(source_path)]
+        process = subprocess.Popen(
+            [*command, "--to", server.url, "--quiet"],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            landed = server.query("SELECT COUNT(*) AS n FROM metric")[0]["n"]
+            if landed >= 300:
+                break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        landed = server.query("SELECT COUNT(*) AS n FROM metric")[0]["n"]
+        assert 300 <= landed < len(source.get_metrics(iteration)), "kill came too late"
+
+        with dd.connect(server.url) as target:
+            report = sync(source_path, target)
+            assert report.points_skipped >= 300
+            assert snapshot(target) == snapshot(source)
+            assert sync(source_path, target).nothing_new
