@@ -1311,7 +1311,8 @@ class RunWriter:
                 if kind is Failure.PERMANENT:
                     raise
                 if isinstance(exc, TokenExpiredError) and not self._sign_in_again():
-                    raise
+                    # Without credentials nothing will work again: keep the data in the spool.
+                    raise _Down(str(exc)) from exc
                 self._retry.failed()
                 if kind is Failure.AMBIGUOUS and not idempotent:
                     raise _Ambiguous(exc) from exc

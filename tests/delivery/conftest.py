@@ -48,3 +48,8 @@ def _no_leftover_writers() -> Iterator[None]:
     for writer in leftovers:
         writer.close(timeout=1.0)
     assert not leftovers, "a test left a run writer open"
+
+
+def client_points(client: Any, iteration_id: Any) -> Counter[tuple[str, int, float]]:
+    """Count the stored points of an iteration by (key, step, value), read through a client."""
+    return Counter((m.key, m.step, m.value) for m in client.get_metrics(iteration_id))
