@@ -969,5 +969,9 @@ def sync(
         DearDiaryError: The target kept failing; run the sync again to resume.
     """
     backend = open_source(source, storage_options)
-    syncer = _Syncer(backend, client, progress, retries, backoff, concurrency)
-    return syncer.run(iterations, project)
+    try:
+        syncer = _Syncer(backend, client, progress, retries, backoff, concurrency)
+        return syncer.run(iterations, project)
+    finally:
+        if backend is not source and not isinstance(source, Client):
+            backend.close()
