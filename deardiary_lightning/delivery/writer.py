@@ -104,6 +104,9 @@ HTTP_SENDERS = 3
 #: Seconds close() waits before it shows a progress line.
 PROGRESS_AFTER = 1.0
 
+#: Seconds close() gives the background threads to stop once everything is spooled.
+STOP_GRACE = 0.5
+
 #: Fingerprints remembered per step to keep them unique (older steps are forgotten).
 _FINGERPRINT_MEMORY = 65536
 
@@ -790,12 +793,15 @@ class RunWriter:
         self._abandon = True
         self._stop.set()
         self._wake.set()
-        self._pump.join(timeout=max(5.0, 0.0))
-        self._lane.stop(join=2.0)
+        # The pump only spools what is left (local writes); senders may be stuck in a request
+        # to a hung server: they are daemon threads, so they get a short grace, not a wait.
+        self._pump.join(timeout=10.0)
+        grace = time.monotonic() + STOP_GRACE
+        self._lane.stop(join=STOP_GRACE)
         for _ in self._threads:
             self._work.put(None)
         for thread in self._threads:
-            thread.join(timeout=1.0)
+            thread.join(timeout=max(0.0, grace - time.monotonic()))
         self._closed = True
         shutdown.unregister(self)
 
