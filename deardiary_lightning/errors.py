@@ -100,7 +100,10 @@ class APIError(DearDiaryError):
         message: The server's message, or ``"HTTP <status>"`` when the body had none.
         method: HTTP method of the request (for the local store, the operation's verb).
         url: URL of the request without credentials (for the local store, the store's URL).
+        retry_after: Seconds the server asked to wait (``Retry-After``), or ``None``.
     """
+
+    retry_after: float | None = None
 
     def __init__(
         self,

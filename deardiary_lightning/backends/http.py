@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
 import json
 import logging
 import math
@@ -618,7 +619,9 @@ class HTTPBackend(Backend):
         """Build the error for a failed answer, reading the envelope when there is one."""
         code, message = _read_error_body(response)
         method, url = self._where(response.request.method or "", response.url)
-        return api_error_for(response.status_code, code, message, method=method, url=url)
+        error = api_error_for(response.status_code, code, message, method=method, url=url)
+        error.retry_after = _retry_after(response.headers.get("Retry-After"))
+        return error
 
     def _where(self, method: str, url: str) -> tuple[str, str]:
         """Return method and the URL without its query string (which never holds secrets)."""
@@ -711,6 +714,23 @@ def _encode_json(body: Mapping[str, Any]) -> bytes:
         bad = [k for k, v in body.items() if isinstance(v, float) and not math.isfinite(v)]
         msg = f"refusing to send a non-finite number to the server (fields: {bad or 'nested'})"
         raise ValueError(msg) from exc
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Read a ``Retry-After`` header: delay-seconds or an HTTP date (RFC 9110, 10.2.3)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _error_code(response: requests.Response) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from deardiary_lightning.delivery import RetryPolicy, open_run
@@ -42,3 +43,31 @@ def test_2000_steps_with_503s_and_dropped_connections_land_exactly_once(
         "SELECT key, value FROM parameter WHERE iteration_id = ?", (run.iteration_id,)
     )
     assert sorted((p["key"], p["value"]) for p in params) == [("layers", "3"), ("lr", "0.01")]
+
+
+def test_429_with_retry_after_is_honoured(deardiary_server_factory: Any, spool_dir: str) -> None:
+    server = deardiary_server_factory()
+    server.add_fault(
+        FaultRule(
+            kind="status",
+            status=429,
+            count=2,
+            path=r"/batch$",
+            headers={"Retry-After": "1"},
+        )
+    )
+    run = open_run(
+        server.url,
+        project="faults",
+        experiment="retry-after",
+        spool=spool_dir,
+        flush_interval=0.02,
+        retry=RetryPolicy(initial=0.01, maximum=0.05, budget=30.0),
+    )
+    started = time.monotonic()
+    run.log_metrics(values(0, 8), step=0)
+    assert run.flush(timeout=20)
+    took = time.monotonic() - started
+    run.close()
+    assert took >= 2.0  # two refusals, each asking for a one-second pause
+    assert server_points(server, run.iteration_id) == expected_points(1, 8)
