@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import deardiary_lightning
 from deardiary_lightning.delivery import RetryPolicy, open_run
+from tests.deardiary_server import FaultRule
 
-from .conftest import expected_points, server_points, values
+from .conftest import client_points, expected_points, server_points, values
 
 
 def test_three_second_tokens_over_a_ten_second_run_lose_nothing(
@@ -51,9 +53,9 @@ def test_three_second_tokens_over_a_ten_second_run_lose_nothing(
 def test_an_expired_token_without_credentials_keeps_the_data_in_the_spool(
     deardiary_server_factory: Any, spool_dir: str, caplog: Any
 ) -> None:
-    server = deardiary_server_factory(auth=True, token_lifetime=1.0)
+    server = deardiary_server_factory(auth=True)
     server.create_user("viewer", "pw-viewer", is_admin=True)
-    token = server.sign_in_token("viewer", lifetime=1.5)
+    token = server.sign_in_token("viewer")
     run = open_run(
         server.url,
         project="auth",
@@ -61,13 +63,22 @@ def test_an_expired_token_without_credentials_keeps_the_data_in_the_spool(
         token=token,
         spool=spool_dir,
         flush_interval=0.05,
-        retry=RetryPolicy(initial=0.05, maximum=0.2, budget=0.5),
+        retry=RetryPolicy(initial=0.05, maximum=0.2, budget=0.5, probe_interval=0.2),
     )
     run.log_metrics(values(0, 8), step=0)
     assert run.flush(timeout=10)
-    time.sleep(2.0)
+    expired = {"code": "TOKEN_EXPIRED", "message": "Token has expired"}
+    server.add_fault(FaultRule(kind="status", status=401, body=expired, path=r"^/(metric|auth)"))
     run.log_metrics(values(1, 8), step=1)
     assert run.flush(timeout=10)
     run.close(timeout=5)
+
     assert server_points(server, run.iteration_id) == expected_points(1, 8)
-    assert any("sync" in r.getMessage() for r in caplog.records)
+    spool = deardiary_lightning.connect(spool_dir)
+    (project,) = spool.get_projects()
+    (experiment,) = spool.get_experiments(project.id)
+    (mirror,) = spool.get_iterations(experiment.id)
+    assert client_points(spool, mirror.id) == expected_points(2, 8) - expected_points(1, 8)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("no username/password" in m for m in messages)
+    assert any(f"deardiary-lightning sync {spool_dir} --to {server.url}" in m for m in messages)
