@@ -38,7 +38,13 @@ from typing import Any, Literal, Union
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["CheckpointMode", "DearDiarySettings", "DearDiarySettingsError", "parse_checkpoint_mode"]
+__all__ = [
+    "CheckpointMode",
+    "DearDiarySettings",
+    "DearDiarySettingsError",
+    "mask_url",
+    "parse_checkpoint_mode",
+]
 
 #: What ``log_checkpoints`` accepts: ``False`` (off), ``True`` (best and last at the end) or
 #: ``"all"`` (every checkpoint the moment it is saved).

@@ -48,7 +48,12 @@ from deardiary_lightning.lightning.checkpoints import (
 )
 from deardiary_lightning.lightning.hparams import flatten_hparams
 from deardiary_lightning.lightning.steps import StepPlanner
-from deardiary_lightning.settings import CheckpointMode, DearDiarySettings, parse_checkpoint_mode
+from deardiary_lightning.settings import (
+    CheckpointMode,
+    DearDiarySettings,
+    mask_url,
+    parse_checkpoint_mode,
+)
 
 if TYPE_CHECKING:
     from deardiary_lightning.delivery import RunWriter
@@ -63,6 +68,19 @@ MAX_ERROR_CHARS = 8000
 
 #: How long other ranks wait for rank zero's run key under DDP.
 RANK_SYNC_TIMEOUT = timedelta(seconds=120)
+
+#: Attributes that belong to one process and are rebuilt, empty, after unpickling.
+_RUNTIME_STATE = (
+    "_lifecycle",
+    "_book",
+    "_checkpoint_callbacks",
+    "_open_lock",
+    "_trainer_ref",
+    "_warned_ended",
+    "_key_shared",
+    "_epoch_seen",
+    "_step_seen",
+)
 
 _publications = itertools.count()
 _subscriptions = itertools.count()
@@ -318,8 +336,6 @@ class DearDiaryLogger(Logger):
         self._run_key = "run-" + uuid.uuid4().hex[:12]
         self._target_cache: _Target | None = None
         self._planner = StepPlanner()
-        self._book = CheckpointBook()
-        self._checkpoint_callbacks: list[Any] = []
         self._opened_elsewhere: Id | None = None
         self._delete_removed = False
         self._init_runtime()
@@ -327,6 +343,8 @@ class DearDiaryLogger(Logger):
     def _init_runtime(self) -> None:
         """Set the per-process state that never travels in a pickle."""
         self._lifecycle: _Lifecycle | None = None
+        self._book = CheckpointBook()
+        self._checkpoint_callbacks: list[Any] = []
         self._open_lock = threading.Lock()
         self._trainer_ref: weakref.ReferenceType[Any] | None = None
         self._warned_ended = False
@@ -338,7 +356,7 @@ class DearDiaryLogger(Logger):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in ("_lifecycle", "_open_lock", "_trainer_ref", "_key_shared", "_warned_ended"):
+        for name in _RUNTIME_STATE:
             state.pop(name, None)
         lifecycle = self._lifecycle
         if lifecycle is not None and not lifecycle.ended:
@@ -400,9 +418,7 @@ class DearDiaryLogger(Logger):
     def url(self) -> str:
         """Where the run goes, without credentials."""
         if self._lifecycle is not None:
-            return self._lifecycle.run.url
-        from deardiary_lightning.settings import mask_url
-
+            return mask_url(self._lifecycle.run.url)
         return mask_url(self._target.url)
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def test_all_uploads_every_save_with_its_epoch_and_step(destination):
     assert on_disk == Path(logger.log_dir) / "checkpoints"
     assert client.read_resource_data(final.id) == (on_disk / "epoch=2-step=12.ckpt").read_bytes()
     assert not (on_disk / STAGING_DIR).exists()
+
+    copy = pickle.loads(pickle.dumps(logger))  # ddp_spawn pickles it again for the next stage
+    assert copy.version == logger.version and copy.checkpoint_callbacks == []
 
 
 def test_true_uploads_best_and_last_once_at_the_end(destination):
