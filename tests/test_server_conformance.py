@@ -7,6 +7,7 @@ test names the section or quirk of the REST contract it checks.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -30,7 +31,7 @@ from tests.deardiary_server import (
     spawn,
     terminate,
 )
-from tests.deardiary_server._auth import issue_token
+from tests.deardiary_server._auth import issue_token, sign_claims
 
 Factory = Callable[..., DearDiaryTestServer]
 GENERIC_400 = {"message": "400: Bad Request"}
@@ -1058,3 +1059,309 @@ def test_subprocess_mode_and_control_routes(tmp_path: Path) -> None:
         assert signed_in.status_code == 200, "a restart on the same data_dir keeps the users"
     finally:
         assert terminate(process) == 0
+
+
+# --- details cross-checked against the v0.9.1 source ---------------------------------------------
+
+
+def test_error_messages_are_the_routes_fixed_texts(deardiary_server_factory: Factory) -> None:
+    server = deardiary_server_factory(auth=True)
+    admin = Api(server.url, server.sign_in_token("default"))
+    project, experiment, iteration = _tree(admin)
+    model = admin.created(f"/model/project/{project}", "model_id", json={"name": "m"})
+    admin.patch(f"/iteration/{iteration}", json={"end_date": "2026-01-01T00:00:00"})
+    user_id = server.create_user("erin", "pw")
+    erin = Api(server.url, server.sign_in_token("erin"))
+
+    answers = {
+        admin.get("/user/999"): ("USER_NOT_FOUND", "User not found"),
+        admin.get("/project/999"): ("NOT_FOUND", "Project not found"),
+        admin.get("/experiment/999"): ("NOT_FOUND", "Experiment not found"),
+        admin.get("/iteration/999"): ("NOT_FOUND", "Iteration not found"),
+        admin.get("/metric/999"): ("NOT_FOUND", "Metric not found"),
+        admin.get("/resource/999/data"): ("NOT_FOUND", "Resource not found"),
+        admin.get("/tag/999"): ("NOT_FOUND", "Tag not found"),
+        admin.get("/modelversion/999"): ("NOT_FOUND", "Model version not found"),
+        admin.get(f"/userpermission/user/{user_id}/project/{project}"): (
+            "NOT_FOUND",
+            "User permission not found",
+        ),
+        admin.post(f"/experiment/project/{project}", json={"name": "e", "status_id": 2}): (
+            "INVALID_PAYLOAD",
+            "Failed to create experiment",
+        ),
+        admin.patch(f"/experiment/{experiment}", json={"name": "x"}): (
+            "INVALID_PAYLOAD",
+            "Failed to update experiment",
+        ),
+        admin.patch(f"/iteration/{iteration}", json={"notes": "n"}): (
+            "INVALID_PAYLOAD",
+            "Failed to update iteration",
+        ),
+        admin.post(f"/metric/iteration/{iteration}/batch", json={"metrics": []}): (
+            "INVALID_PAYLOAD",
+            "Failed to log metrics",
+        ),
+        admin.post(f"/tag/iteration/{iteration}", json={"value": "t"}): (
+            "INVALID_PAYLOAD",
+            "Failed to attach tag to iteration",
+        ),
+        admin.post(f"/model/project/{project}", json={"name": "m"}): (
+            "CONFLICT",
+            "Failed to create model",
+        ),
+        admin.post("/iteration/999/snapshot", json=_SNAPSHOT_BODY): (
+            "NOT_FOUND",
+            "Iteration not found",
+        ),
+        admin.post(f"/modelversion/model/{model}", json={"iteration_id": 999}): (
+            "INVALID_PAYLOAD",
+            "Failed to create model version",
+        ),
+        erin.get(f"/user/{int(user_id) + 50}"): ("SAME_USER_REQUIRED", "Same user required"),
+        erin.get("/user/abc"): ("NOT_FOUND", "Not Found"),
+        erin.get("/user/"): ("ADMIN_REQUIRED", "Admin privileges required"),
+        erin.get(f"/project/{project}"): (
+            "PROJECT_PERMISSION_REQUIRED",
+            "Project permission required",
+        ),
+        erin.patch(f"/user/{user_id}", json={"is_admin": True}): (
+            "ADMIN_REQUIRED",
+            "Admin privileges required to change admin status",
+        ),
+    }
+    for response, (code, message) in answers.items():
+        assert response.json() == {"code": code, "message": message}, response.url
+
+
+_SNAPSHOT_BODY = {
+    "julia_version": "1.11",
+    "git_sha": "abc",
+    "git_dirty": False,
+    "entrypoint": "train.py",
+    "project_toml": "",
+    "manifest_toml": "",
+}
+
+
+def test_status_1_reopens_only_an_experiment_that_has_an_end_date(api: Api) -> None:
+    _, experiment, _ = _tree(api)
+    path = f"/experiment/{experiment}"
+    assert api.patch(path, json={"status_id": 1, "end_date": "2026-01-02T03:04:05"}).ok
+    assert api.get(path).json()["end_date"] == "2026-01-02T03:04:05", "no re-opening: stored"
+    assert api.patch(path, json={"status_id": 1, "end_date": "2027-01-01T00:00:00"}).ok
+    assert api.get(path).json()["end_date"] is None, "re-opening clears, ignoring the new date"
+
+
+def test_permission_create_looks_up_both_ends_before_burning_an_id(api: Api) -> None:
+    project = api.created("/project/", "project_id", json={"name": "p"})
+    flags = dict.fromkeys(
+        ("create_permission", "read_permission", "update_permission", "delete_permission"), True
+    )
+    users = [
+        api.created(
+            "/user/",
+            "user_id",
+            json={"first_name": "", "last_name": "", "username": name, "password": "pw"},
+        )
+        for name in ("u1", "u2")
+    ]
+    first = api.created(
+        f"/userpermission/user/{users[0]}/project/{project}", "userpermission_id", json=flags
+    )
+    for user, target in ((999, project), (users[1], 999)):
+        refused = api.post(f"/userpermission/user/{user}/project/{target}", json=flags)
+        assert refused.json() == {
+            "code": "INVALID_PAYLOAD",
+            "message": "Failed to create user permission",
+        }
+    second = api.created(
+        f"/userpermission/user/{users[1]}/project/{project}", "userpermission_id", json=flags
+    )
+    assert second == first + 1
+
+
+def test_attaching_a_known_tag_value_burns_no_tag_id(api: Api) -> None:
+    project, experiment, iteration = _tree(api)
+    api.post(f"/tag/project/{project}", json={"value": "a"})
+    api.post(f"/tag/experiment/{experiment}", json={"value": "a"})
+    api.post(f"/tag/iteration/{iteration}", json={"value": "a"})
+    api.post(f"/tag/iteration/{iteration}", json={"value": "b"})
+    assert [tag["id"] for tag in api.get(f"/tag/iteration/{iteration}").json()] == [1, 2]
+
+
+def test_promotion_demotes_with_a_stamp_and_only_when_written(
+    api: Api, deardiary_server: DearDiaryTestServer
+) -> None:
+    project, _, iteration = _tree(api)
+    model = api.created(f"/model/project/{project}", "model_id", json={"name": "m"})
+    versions = [
+        api.created(
+            f"/modelversion/model/{model}", "modelversion_id", json={"iteration_id": iteration}
+        )
+        for _ in range(2)
+    ]
+    # Two PRODUCTION versions, as a race between two promotions can leave them.
+    deardiary_server.query("UPDATE model_version SET stage_id = 3")
+
+    unchanged = {"stage_id": 3, "description": ""}
+    assert api.patch(f"/modelversion/{versions[1]}", json=unchanged).ok
+    assert api.get(f"/modelversion/{versions[0]}").json()["stage_id"] == 3, "nothing written"
+
+    assert api.patch(f"/modelversion/{versions[1]}", json={"stage_id": 3}).ok
+    demoted = api.get(f"/modelversion/{versions[0]}").json()
+    assert (demoted["stage_id"], demoted["updated_date"] is not None) == (4, True)
+
+
+def _multipart(*parts: bytes, end: bytes = b"--b--\r\n") -> dict[str, Any]:
+    """Keyword arguments of a request with a hand-made multipart body (boundary ``b``)."""
+    body = b"".join(b"--b\r\n" + part + b"\r\n" for part in parts) + end
+    return {"data": body, "headers": {"Content-Type": "multipart/form-data; boundary=b"}}
+
+
+_NAME_PART = b'Content-Disposition: form-data; name="name"\r\n\r\nn'
+_DATA_PART = b'Content-Disposition: form-data; name="data"; filename="f"\r\n\r\nbytes'
+
+
+def test_multipart_parts_follow_the_servers_parser(api: Api) -> None:
+    _, experiment, _ = _tree(api)
+    path = f"/resource/experiment/{experiment}"
+
+    second_name = b'content-disposition:form-data;name="name"\r\n\r\nsecond'
+    first = api.post(path, **_multipart(_NAME_PART, second_name, _DATA_PART))
+    assert api.get(f"/resource/{first.json()['resource_id']}").json()["name"] == "n"
+    blank_before_break = api.post(path, **_multipart(_NAME_PART, _DATA_PART, end=b"--b-- \r\n"))
+    assert blank_before_break.status_code == 201
+
+    broken = [
+        _multipart(_NAME_PART, _DATA_PART, end=b"--b--"),
+        _multipart(_NAME_PART, _DATA_PART, b"\r\nno headers"),
+        _multipart(_NAME_PART, _DATA_PART, b"Content-Type: text/plain\r\n\r\nx"),
+        _multipart(_NAME_PART, _DATA_PART, b"Content-Disposition: form-data\r\n\r\nx"),
+        _multipart(_NAME_PART, _DATA_PART, b"Content-Disposition: form-data; name=x\r\n\r\nx"),
+        _multipart(_NAME_PART, _DATA_PART, b'Content-Disposition: form-data; Name="x"\r\n\r\nx'),
+        _multipart(_NAME_PART, _DATA_PART, b'CONTENT-DISPOSITION: form-data; name="x"\r\n\r\nx'),
+    ]
+    for kwargs in broken:
+        assert api.post(path, **kwargs).json() == GENERIC_500, kwargs["data"]
+    assert api.get("/health").ok, "the connection survives a refused body"
+
+
+def test_resource_update_compares_bytes_like_a_filesystem_store(api: Api) -> None:
+    _, experiment, _ = _tree(api)
+    resource = api.created(
+        f"/resource/experiment/{experiment}",
+        "resource_id",
+        files={"data": ("w", b"x")},
+        data={"name": "w"},
+    )
+    path = f"/resource/{resource}"
+
+    def patch(data: bytes) -> dict[str, Any]:
+        parts = {"name": (None, "w"), "description": (None, ""), "data": ("w", data)}
+        assert api.patch(path, files=parts).json() == {"message": "UPDATED"}
+        row: dict[str, Any] = api.get(path).json()
+        return row
+
+    created = api.get(path).json()
+    same_bytes = patch(b"x")
+    assert same_bytes["uri"] != created["uri"], "equal bytes are still written again"
+    assert same_bytes["updated_date"] is not None
+
+    assert patch(b"") == same_bytes, "equal parts and empty bytes compare equal: no write"
+    assert api.get(f"{path}/data").content == b"x"
+    assert api.patch(path, files={"data": ("w", b"")}).ok
+    assert api.get(path).json()["size_bytes"] == 0
+
+
+def test_token_claims_are_checked_like_the_server(deardiary_server_factory: Factory) -> None:
+    server = deardiary_server_factory(auth=True)
+    secret = server.api.jwt_secret
+    user_id = server.create_user("finn", "pw")
+    later = int(time.time()) + 3600 * 48
+
+    def me(claims: dict[str, Any]) -> requests.Response:
+        token = sign_claims(claims, secret)
+        return requests.get(
+            server.url + "/auth/me", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+
+    assert me({"sub": None, "id": user_id, "exp": later}).json()["username"] == "finn"
+    assert me({"sub": "finn", "id": user_id, "exp": 1.0}).json()["username"] == "finn"
+    assert _error(me({"sub": "finn", "id": user_id, "exp": None})) == (401, "TOKEN_EXPIRED")
+    assert _error(me({"sub": "finn", "id": user_id, "exp": True})) == (401, "TOKEN_EXPIRED")
+    assert _error(me({"sub": "finn", "id": user_id})) == (401, "TOKEN_PAYLOAD_INVALID")
+    assert _error(me({"sub": "finn", "id": True, "exp": later})) == (401, "TOKEN_PAYLOAD_INVALID")
+
+    uuid_server = deardiary_server_factory(auth=True, id_kind="uuid")
+    empty_id = sign_claims({"sub": "x", "id": "", "exp": later}, uuid_server.api.jwt_secret)
+    answer = requests.get(
+        uuid_server.url + "/auth/me", headers={"Authorization": f"Bearer {empty_id}"}, timeout=10
+    )
+    assert _error(answer) == (401, "TOKEN_PAYLOAD_INVALID")
+
+
+def test_a_repeated_authorization_header_counts_once_the_last(
+    deardiary_server_factory: Factory,
+) -> None:
+    server = deardiary_server_factory(auth=True)
+    good = server.sign_in_token("default")
+
+    def me(*values: str) -> tuple[int, Any]:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            connection.putrequest("GET", "/auth/me")
+            for value in values:
+                connection.putheader("Authorization", value)
+            connection.endheaders()
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
+
+    assert me("Bearer junk", f"Bearer {good}")[1]["username"] == "default"
+    assert me(f"Bearer {good}", "Bearer junk") == (
+        401,
+        {"code": "TOKEN_INVALID", "message": "Invalid token"},
+    )
+
+
+def _raw_get(url: str, target: str, headers: Any = None) -> tuple[int, Any]:
+    """GET a request target exactly as written (``requests`` would decode ``%3x`` digits)."""
+    connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=10)
+    try:
+        connection.request("GET", target, headers=dict(headers or {}))
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_numbers_in_queries_and_paths_read_like_julia_integers(
+    api: Api, deardiary_server_factory: Factory
+) -> None:
+    _, experiment, iteration = _tree(api)
+    for i in range(20):
+        api.post(f"/parameter/iteration/{iteration}", json={"key": f"k{i}", "value": "v"})
+    page = api.get(f"/parameter/iteration/{iteration}?limit=0x10&offset=%20%2B3").json()
+    assert (page["limit"], page["offset"], len(page["data"])) == (16, 3, 16)
+
+    assert api.get(f"/experiment/0x{int(experiment):x}").json()["id"] == experiment
+    escaped = "".join(f"%3{digit}" for digit in str(experiment))
+    assert _raw_get(api.url, f"/experiment/{escaped}")[1]["id"] == experiment, "decoded"
+    child = api.post(f"/iteration/experiment/{experiment}?parent_iteration_id=+{iteration}")
+    assert api.get(f"/iteration/{child.json()['iteration_id']}").json()["parent_iteration_id"] == (
+        iteration
+    )
+
+    server = deardiary_server_factory(auth=True)
+    admin = Api(server.url, server.sign_in_token("default"))
+    _, guarded, _ = _tree(admin)
+    user_id = server.create_user("gil", "pw")
+    gil = Api(server.url, server.sign_in_token("gil"))
+    escaped = "".join(f"%3{digit}" for digit in str(guarded))
+    assert _raw_get(server.url, f"/experiment/{escaped}", gil.session.headers)[1] == {
+        "code": "NOT_FOUND",
+        "message": "Not Found",
+    }, "guards read the segment undecoded"
+    assert gil.get(f"/user/0x{int(user_id):x}").json()["username"] == "gil"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from ._auth import (
     check_password,
@@ -549,30 +549,32 @@ class Api:
         if self._is_open(request):
             return None
 
-        # The header name is matched exactly; a lower-cased name counts as missing.
-        value = next((v for k, v in request.headers.items() if k == "Authorization"), None)
-        if value is None:
+        # The header name is matched exactly (a lower-cased name counts as missing); when the
+        # header is repeated, the headers are folded into a dictionary and the last one wins.
+        values = [v for k, v in request.headers.items() if k == "Authorization"]
+        if not values:
             raise ApiError(401, "TOKEN_MISSING", "Missing authorization header")
+        value = values[-1]
         if " " not in value:
             raise crash("authorization header without a space")
 
         claims = decode_token(value.split(" ")[1], self.jwt_secret)
         if claims is None:
             raise ApiError(401, "TOKEN_INVALID", "Invalid token")
-        if any(claims.get(name) is None for name in ("sub", "id", "exp")):
+        if any(name not in claims for name in ("sub", "id", "exp")):
             raise ApiError(401, "TOKEN_PAYLOAD_INVALID", "Invalid token payload")
 
-        # Only an integer exp is compared with the (skewed) server clock.
+        # A null exp counts as expired; only an integer exp (Julia's Bool is an integer too)
+        # is compared with the skewed server clock.
         expiry = claims["exp"]
-        is_int = isinstance(expiry, int) and not isinstance(expiry, bool)
-        if is_int and expiry < skewed_unix_now():
+        if expiry is None or (isinstance(expiry, int) and expiry < skewed_unix_now()):
             raise ApiError(401, "TOKEN_EXPIRED", "Token has expired")
 
         user_id = claims["id"]
         if self.id_kind == "int":
             valid = isinstance(user_id, int) and not isinstance(user_id, bool) and user_id > 0
         else:
-            valid = isinstance(user_id, str)
+            valid = isinstance(user_id, str) and user_id != ""
         if not valid:
             raise ApiError(401, "TOKEN_PAYLOAD_INVALID", "Invalid token payload")
 
@@ -599,7 +601,7 @@ class Api:
             if target is None:
                 raise not_found()
             if target != request.user["id"]:
-                raise ApiError(403, "SAME_USER_REQUIRED", "You can only access your own account")
+                raise ApiError(403, "SAME_USER_REQUIRED", "Same user required")
             return
 
         project_id = self._owning_project(guard.resolver, raw)
@@ -614,10 +616,11 @@ class Api:
             raise ApiError(403, "PROJECT_PERMISSION_REQUIRED", "Project permission required")
 
     def _parse_id(self, raw: str) -> Id | None:
-        """A path id of this build (any string for UUIDs), ``None`` when it is not one."""
+        """A raw path segment read as an id by a guard (Julia's ``tryparse``; any string for
+        UUIDs), ``None`` when it is not one. Guards do not decode ``%xx`` escapes."""
         if self.id_kind == "uuid":
             return raw
-        return try_parse_int(raw) if raw.strip() == raw else None
+        return try_parse_int(raw)
 
     def _owning_project(self, resolver: str, raw: str) -> Id | None:
         """The project that owns the entity named in the URL, ``None`` when unresolvable."""
@@ -658,8 +661,9 @@ class Api:
     # --- shared handler helpers ----------------------------------------------------------------
 
     def _path_id(self, request: Request, name: str = "id") -> Id:
-        """A path id as the framework converts it: a non-integer is a generic 500 (int build)."""
-        value = self._parse_id(request.params[name])
+        """A path id as the framework converts it for the handler: ``%xx`` escapes decoded,
+        then parsed; a non-integer is a generic 500 (int build)."""
+        value = self._parse_id(unquote(request.params[name]))
         if value is None:
             raise crash(f"path parameter {name} is not an integer")
         return value
@@ -667,42 +671,48 @@ class Api:
     def _json(self, request: Request, fields: Sequence[Field]) -> dict[str, Any]:
         return parse_body(request.body.read_all(), fields, self.id_kind)
 
-    def _insert(self, table: str, values: dict[str, Any], what: str) -> Id:
-        """Insert a row; unique failures are 409, other constraint failures 422."""
+    def _insert(self, table: str, values: dict[str, Any], message: str) -> Id:
+        """Insert a row; unique failures are 409, other constraint failures 422, anything
+        else 500, all with the route's one ``message``."""
         try:
             return self.db.insert(table, values)
         except ConstraintError as exc:
             if exc.kind == "unique":
-                raise conflict(f"The {what} already exists") from exc
+                raise conflict(message) from exc
             if exc.kind in ("check", "foreign_key", "not_null"):
-                raise unprocessable(f"Failed to create {what}") from exc
-            raise server_error(f"Failed to create {what}") from exc
+                raise unprocessable(message) from exc
+            raise server_error(message) from exc
 
-    def _update(self, table: str, row_id: Id, values: dict[str, Any], what: str) -> None:
+    def _update(self, table: str, row_id: Id, values: dict[str, Any], message: str) -> None:
         """Update a row; check and foreign-key failures are 422, everything else 500."""
         try:
             self.db.update(table, row_id, values)
         except ConstraintError as exc:
             if exc.kind in ("check", "foreign_key", "not_null"):
-                raise unprocessable(f"Failed to update {what}") from exc
-            raise server_error(f"Failed to update {what}") from exc
+                raise unprocessable(message) from exc
+            raise server_error(message) from exc
 
     def _patch(
         self,
         table: str,
         row: dict[str, Any],
         given: dict[str, Any],
-        what: str,
+        message: str,
         *,
         stamp: bool = False,
-    ) -> Response:
-        """Compare, then write the non-null fields (plus ``updated_date`` when ``stamp``)."""
-        if _differs(row, given):
-            values = {name: value for name, value in given.items() if value is not None}
-            if stamp:
-                values["updated_date"] = now_text()
-            self._update(table, row["id"], values, what)
-        return Response.json(200, _UPDATED)
+    ) -> bool:
+        """Compare, then write the non-null fields (plus ``updated_date`` when ``stamp``).
+
+        Returns:
+            Whether the update ran (``False``: nothing differed, nothing was written).
+        """
+        if not _differs(row, given):
+            return False
+        values = {name: value for name, value in given.items() if value is not None}
+        if stamp:
+            values["updated_date"] = now_text()
+        self._update(table, row["id"], values, message)
+        return True
 
     def _page(
         self,
@@ -732,17 +742,17 @@ class Api:
         """Order of the lists the UUID build sorts by ``created_date`` (insertion otherwise)."""
         return "created_date, rowid" if self.id_kind == "uuid" else "rowid"
 
-    def _get_or_404(self, table: str, row_id: Id) -> dict[str, Any]:
+    def _get_or_404(self, table: str, row_id: Id, message: str) -> dict[str, Any]:
         row = self.db.get(table, row_id)
         if row is None:
-            raise not_found()
+            raise not_found(message)
         return row
 
-    def _open_iteration(self, iteration_id: Id, what: str) -> dict[str, Any]:
+    def _open_iteration(self, iteration_id: Id, message: str) -> dict[str, Any]:
         """The iteration of a create: missing or ended is 422 (nothing written)."""
         iteration = self.db.get("iteration", iteration_id)
         if iteration is None or iteration["end_date"] is not None:
-            raise unprocessable(f"Failed to create {what}")
+            raise unprocessable(message)
         return iteration
 
     def _token_envelope(self, user: dict[str, Any]) -> Response:
@@ -818,19 +828,19 @@ class Api:
             "is_admin": 0,
             "created_date": now_text(),
         }
-        return _created("user", self._insert("user", values, "user"))
+        return _created("user", self._insert("user", values, "Failed to create user"))
 
     def update_user(self, request: Request) -> Response:
         user_id = self._path_id(request)
         body = self._json(request, _USER_UPDATE)
         if body["is_admin"] is not None and not self._is_admin(request):
-            raise ApiError(403, "ADMIN_REQUIRED", "Only admins can change is_admin")
+            raise ApiError(
+                403, "ADMIN_REQUIRED", "Admin privileges required to change admin status"
+            )
 
         user = self.db.get("user", user_id)
-        if user is None:
+        if user is None or (user["username"] == DEFAULT_USERNAME and body["is_admin"] is False):
             raise unprocessable("Failed to update user")
-        if user["username"] == DEFAULT_USERNAME and body["is_admin"] is False:
-            raise unprocessable("The default user cannot be demoted")
 
         given = {
             "first_name": body["first_name"],
@@ -844,7 +854,7 @@ class Api:
         values = {name: value for name, value in given.items() if value is not None}
         if password is not None:
             values["password_hash"] = hash_password(password)
-        self._update("user", user_id, values, "user")
+        self._update("user", user_id, values, "Failed to update user")
         return Response.json(200, _UPDATED)
 
     def delete_user(self, request: Request) -> Response:
@@ -874,7 +884,7 @@ class Api:
         return Response.json(200, [_project_json(row) for row in rows])
 
     def get_project(self, request: Request) -> Response:
-        row = self._get_or_404("project", self._path_id(request))
+        row = self._get_or_404("project", self._path_id(request), "Project not found")
         return Response.json(200, _project_json(row))
 
     def project_members(self, request: Request) -> Response:
@@ -887,7 +897,7 @@ class Api:
     def create_project(self, request: Request) -> Response:
         body = self._json(request, _PROJECT_CREATE)
         values = {"name": body["name"], "description": "", "created_date": now_text()}
-        project_id = self._insert("project", values, "project")
+        project_id = self._insert("project", values, "Failed to create project")
         assert request.user is not None
         try:
             self.db.insert(
@@ -911,7 +921,8 @@ class Api:
         project = self.db.get("project", project_id)
         if project is None:
             raise unprocessable("Failed to update project")
-        return self._patch("project", project, body, "project")
+        self._patch("project", project, body, "Failed to update project")
+        return Response.json(200, _UPDATED)
 
     def delete_project(self, request: Request) -> Response:
         project_id = self._path_id(request)
@@ -939,25 +950,30 @@ class Api:
             (self._path_id(request, "user_id"), self._path_id(request, "project_id")),
         )
         if row is None:
-            raise not_found()
+            raise not_found("User permission not found")
         return Response.json(200, _permission_json(row))
 
     def create_permission(self, request: Request) -> Response:
         user_id = self._path_id(request, "user_id")
         project_id = self._path_id(request, "project_id")
         body = self._json(request, _PERMISSION_CREATE)
+        message = "Failed to create user permission"
+        # Both ends are looked up first, so a missing one burns no id.
+        if self.db.get("user", user_id) is None or self.db.get("project", project_id) is None:
+            raise unprocessable(message)
         values = {"user_id": user_id, "project_id": project_id}
         values.update({flag: int(body[flag]) for flag in _PERMISSION_FLAGS})
-        return _created("userpermission", self._insert("user_permission", values, "permission"))
+        return _created("userpermission", self._insert("user_permission", values, message))
 
     def update_permission(self, request: Request) -> Response:
         permission_id = self._path_id(request)
         body = self._json(request, _PERMISSION_UPDATE)
         row = self.db.get("user_permission", permission_id)
         if row is None:
-            raise unprocessable("Failed to update permission")
+            raise unprocessable("Failed to update user permission")
         given = {flag: None if body[flag] is None else int(body[flag]) for flag in body}
-        return self._patch("user_permission", row, given, "permission")
+        self._patch("user_permission", row, given, "Failed to update user permission")
+        return Response.json(200, _UPDATED)
 
     def delete_permission(self, request: Request) -> Response:
         self.db.delete("user_permission", self._path_id(request))
@@ -966,7 +982,7 @@ class Api:
     # --- experiments --------------------------------------------------------------------------
 
     def get_experiment(self, request: Request) -> Response:
-        row = self._get_or_404("experiment", self._path_id(request))
+        row = self._get_or_404("experiment", self._path_id(request), "Experiment not found")
         return Response.json(200, _experiment_json(row))
 
     def list_experiments(self, request: Request) -> Response:
@@ -982,10 +998,9 @@ class Api:
     def create_experiment(self, request: Request) -> Response:
         project_id = self._path_id(request)
         body = self._json(request, _EXPERIMENT_CREATE)
-        if self.db.get("project", project_id) is None:
-            raise unprocessable("Failed to create experiment: the project does not exist")
-        if body["status_id"] != 1:
-            raise unprocessable("Failed to create experiment: the status must be IN_PROGRESS")
+        message = "Failed to create experiment"
+        if self.db.get("project", project_id) is None or body["status_id"] != 1:
+            raise unprocessable(message)
         values = {
             "project_id": project_id,
             "status_id": body["status_id"],
@@ -993,27 +1008,27 @@ class Api:
             "description": "",
             "created_date": now_text(),
         }
-        return _created("experiment", self._insert("experiment", values, "experiment"))
+        return _created("experiment", self._insert("experiment", values, message))
 
     def update_experiment(self, request: Request) -> Response:
         experiment_id = self._path_id(request)
         body = self._json(request, _EXPERIMENT_UPDATE)
+        message = "Failed to update experiment"
         row = self.db.get("experiment", experiment_id)
-        if row is None:
-            raise unprocessable("Failed to update experiment")
-        if body["status_id"] not in (1, 2, 3):
-            raise unprocessable("Invalid experiment status")
+        if row is None or body["status_id"] not in (1, 2, 3):
+            raise unprocessable(message)
 
-        reopen = body["status_id"] == 1
+        # Re-opening (status 1 on an experiment that has an end date) clears the end date and
+        # ignores a given one. Status 1 on an experiment without an end date is no re-opening:
+        # a given end date is stored like any other field.
+        reopen = body["status_id"] == 1 and row["end_date"] is not None
         if reopen:
-            # Re-opening clears end_date; a given end_date is ignored.
-            body.pop("end_date")
-        clear_end = reopen and row["end_date"] is not None
-        if _differs(row, body) or clear_end:
+            body["end_date"] = None
+        if _differs(row, body) or reopen:
             values = {name: value for name, value in body.items() if value is not None}
-            if clear_end:
+            if reopen:
                 values["end_date"] = None
-            self._update("experiment", experiment_id, values, "experiment")
+            self._update("experiment", experiment_id, values, message)
         return Response.json(200, _UPDATED)
 
     def delete_experiment(self, request: Request) -> Response:
@@ -1043,7 +1058,7 @@ class Api:
     # --- iterations ---------------------------------------------------------------------------
 
     def get_iteration(self, request: Request) -> Response:
-        row = self._get_or_404("iteration", self._path_id(request))
+        row = self._get_or_404("iteration", self._path_id(request), "Iteration not found")
         return Response.json(200, _iteration_json(row))
 
     def list_iterations(self, request: Request) -> Response:
@@ -1086,25 +1101,27 @@ class Api:
             "parent_iteration_id": parent_id,
             "created_date": now_text(),
         }
-        return _created("iteration", self._insert("iteration", values, "iteration"))
+        return _created(
+            "iteration", self._insert("iteration", values, "Failed to create iteration")
+        )
 
     def update_iteration(self, request: Request) -> Response:
         iteration_id = self._path_id(request)
         body = self._json(request, _ITERATION_UPDATE)
+        message = "Failed to update iteration"
         row = self.db.get("iteration", iteration_id)
-        if row is None:
-            raise unprocessable("Failed to update iteration")
-        if row["end_date"] is not None:
-            raise unprocessable("The iteration has ended and cannot be changed")
-        return self._patch("iteration", row, body, "iteration")
+        if row is None or row["end_date"] is not None:
+            raise unprocessable(message)
+        self._patch("iteration", row, body, message)
+        return Response.json(200, _UPDATED)
 
     def snapshot(self, request: Request) -> Response:
         iteration_id = self._path_id(request)
         body = self._json(request, _SNAPSHOT)
         if self.db.get("iteration", iteration_id) is None:
-            raise not_found()
+            raise not_found("Iteration not found")
         body["git_dirty"] = int(body["git_dirty"])
-        self._update("iteration", iteration_id, body, "iteration")
+        self._update("iteration", iteration_id, body, "Failed to attach snapshot")
         return Response.json(200, _UPDATED)
 
     def delete_iteration(self, request: Request) -> Response:
@@ -1151,7 +1168,7 @@ class Api:
     # --- parameters ---------------------------------------------------------------------------
 
     def get_parameter(self, request: Request) -> Response:
-        row = self._get_or_404("parameter", self._path_id(request))
+        row = self._get_or_404("parameter", self._path_id(request), "Parameter not found")
         return Response.json(200, _parameter_json(row))
 
     def list_parameters(self, request: Request) -> Response:
@@ -1167,9 +1184,10 @@ class Api:
     def create_parameter(self, request: Request) -> Response:
         iteration_id = self._path_id(request)
         body = self._json(request, _PARAMETER_CREATE)
-        self._open_iteration(iteration_id, "parameter")
+        message = "Failed to create parameter"
+        self._open_iteration(iteration_id, message)
         values = {"iteration_id": iteration_id, "key": body["key"], "value": body["value"]}
-        return _created("parameter", self._insert("parameter", values, "parameter"))
+        return _created("parameter", self._insert("parameter", values, message))
 
     def _with_iteration_end(self, table: str, row_id: Id) -> dict[str, Any] | None:
         """A parameter or metric with the ``end_date`` of its iteration, ``None`` if missing."""
@@ -1182,12 +1200,12 @@ class Api:
     def update_parameter(self, request: Request) -> Response:
         parameter_id = self._path_id(request)
         body = self._json(request, _PARAMETER_UPDATE)
+        message = "Failed to update parameter"
         row = self._with_iteration_end("parameter", parameter_id)
-        if row is None:
-            raise unprocessable("Failed to update parameter")
-        if row["_ended"] is not None:
-            raise unprocessable("The iteration has ended and cannot be changed")
-        return self._patch("parameter", row, body, "parameter")
+        if row is None or row["_ended"] is not None:
+            raise unprocessable(message)
+        self._patch("parameter", row, body, message)
+        return Response.json(200, _UPDATED)
 
     def delete_parameter(self, request: Request) -> Response:
         return self._delete_iteration_child(request, "parameter")
@@ -1204,7 +1222,7 @@ class Api:
     # --- metrics ------------------------------------------------------------------------------
 
     def get_metric(self, request: Request) -> Response:
-        row = self._get_or_404("metric", self._path_id(request))
+        row = self._get_or_404("metric", self._path_id(request), "Metric not found")
         return Response.json(200, _metric_json(row))
 
     def list_metrics(self, request: Request) -> Response:
@@ -1226,7 +1244,13 @@ class Api:
         return 0 if largest is None else int(largest) + 1
 
     def _insert_metric(
-        self, iteration_id: Id, key: str, value: float, step: int | None, recorded_at: str
+        self,
+        iteration_id: Id,
+        key: str,
+        value: float,
+        step: int | None,
+        recorded_at: str,
+        message: str,
     ) -> Id:
         values = {
             "iteration_id": iteration_id,
@@ -1235,25 +1259,28 @@ class Api:
             "step": self._next_step(iteration_id, key) if step is None else step,
             "recorded_at": recorded_at,
         }
-        return self._insert("metric", values, "metric")
+        return self._insert("metric", values, message)
 
     def create_metric(self, request: Request) -> Response:
         iteration_id = self._path_id(request)
         body = self._json(request, _METRIC_CREATE)
-        self._open_iteration(iteration_id, "metric")
+        message = "Failed to create metric"
+        self._open_iteration(iteration_id, message)
         metric_id = self._insert_metric(
             iteration_id,
             body["key"],
             body["value"],
             body["step"],
             body["recorded_at"] or now_text(),
+            message,
         )
         return _created("metric", metric_id)
 
     def create_metrics(self, request: Request) -> Response:
         iteration_id = self._path_id(request)
         body = self._json(request, _METRIC_BATCH)
-        self._open_iteration(iteration_id, "metrics")
+        message = "Failed to log metrics"
+        self._open_iteration(iteration_id, message)
 
         # Repeated keys collapse (last value wins) and rows go in in the map's own order,
         # which is not the request order: here, the order of a hash of the key.
@@ -1263,7 +1290,7 @@ class Api:
 
         # Not atomic: the first failing insert stops the loop, earlier rows stay.
         metric_ids = [
-            self._insert_metric(iteration_id, key, values[key], body["step"], recorded_at)
+            self._insert_metric(iteration_id, key, values[key], body["step"], recorded_at, message)
             for key in ordered
         ]
         return Response.json(201, {"metric_ids": metric_ids})
@@ -1271,12 +1298,12 @@ class Api:
     def update_metric(self, request: Request) -> Response:
         metric_id = self._path_id(request)
         body = self._json(request, _METRIC_UPDATE)
+        message = "Failed to update metric"
         row = self._with_iteration_end("metric", metric_id)
-        if row is None:
-            raise unprocessable("Failed to update metric")
-        if row["_ended"] is not None:
-            raise unprocessable("The iteration has ended and cannot be changed")
-        return self._patch("metric", row, body, "metric")
+        if row is None or row["_ended"] is not None:
+            raise unprocessable(message)
+        self._patch("metric", row, body, message)
+        return Response.json(200, _UPDATED)
 
     def delete_metric(self, request: Request) -> Response:
         return self._delete_iteration_child(request, "metric")
@@ -1284,11 +1311,11 @@ class Api:
     # --- resources ----------------------------------------------------------------------------
 
     def get_resource(self, request: Request) -> Response:
-        row = self._get_or_404("resource", self._path_id(request))
+        row = self._get_or_404("resource", self._path_id(request), "Resource not found")
         return Response.json(200, _resource_json(row))
 
     def resource_data(self, request: Request) -> Response:
-        row = self._get_or_404("resource", self._path_id(request))
+        row = self._get_or_404("resource", self._path_id(request), "Resource not found")
         path = _uri_path(row["uri"])
         if not path.is_file():
             raise crash("resource bytes are missing")
@@ -1335,7 +1362,7 @@ class Api:
                 "size_bytes": data.size,
                 "content_hash": data.sha256,
             }
-            resource_id = self._insert("resource", values, "resource")
+            resource_id = self._insert("resource", values, "Failed to create resource")
         except BaseException:
             form.discard_files()
             raise
@@ -1345,25 +1372,30 @@ class Api:
         resource_id = self._path_id(request)
         form = self._read_form(request)
         data = form.files.get("data")
+        message = "Failed to update resource"
         try:
             row = self.db.get("resource", resource_id)
             if row is None:
-                raise unprocessable("Failed to update resource")
+                raise unprocessable(message)
 
             given: dict[str, Any] = {
                 "name": form.texts.get("name"),
                 "description": form.texts.get("description"),
-                "content_hash": None if data is None else data.sha256,
             }
-            if not _differs(row, given):
+            # The server compares new bytes with the row's inline data column, which an
+            # external (filesystem) store leaves empty: an absent data part counts as a change,
+            # and so do any non-empty bytes, even the stored ones.
+            if not (_differs(row, given) or data is None or data.size > 0):
                 form.discard_files()
                 return Response.json(200, _UPDATED)
 
             values = {name: value for name, value in given.items() if value is not None}
             if data is not None:
-                values.update(uri=_path_uri(data.path), size_bytes=data.size)
+                values.update(
+                    uri=_path_uri(data.path), size_bytes=data.size, content_hash=data.sha256
+                )
             values["updated_date"] = now_text()
-            self._update("resource", resource_id, values, "resource")
+            self._update("resource", resource_id, values, message)
         except BaseException:
             form.discard_files()
             raise
@@ -1390,7 +1422,8 @@ class Api:
     # --- tags ---------------------------------------------------------------------------------
 
     def get_tag(self, request: Request) -> Response:
-        return Response.json(200, _tag_json(self._get_or_404("tag", self._path_id(request))))
+        row = self._get_or_404("tag", self._path_id(request), "Tag not found")
+        return Response.json(200, _tag_json(row))
 
     def list_tags(self, request: Request, kind: str) -> Response:
         rows = self.db.rows(
@@ -1403,20 +1436,23 @@ class Api:
     def add_tag(self, request: Request, kind: str) -> Response:
         parent_id = self._path_id(request)
         body = self._json(request, _TAG_CREATE)
+        message = f"Failed to attach tag to {kind}"
         parent = self.db.get(kind, parent_id)
-        if parent is None:
-            raise unprocessable("Failed to add tag")
-        if kind == "iteration" and parent["end_date"] is not None:
-            raise unprocessable("The iteration has ended and cannot be changed")
+        if parent is None or (kind == "iteration" and parent["end_date"] is not None):
+            raise unprocessable(message)
 
-        # The tag row insert ignores conflicts (and silently skips an empty value); the id of
-        # the row is then read back, which crashes when there is none.
-        self.db.insert("tag", {"value": body["value"]}, ignore=True)
-        tag_id = self.db.scalar("SELECT id FROM tag WHERE value = ?", (body["value"],))
+        # The tag row is looked up by value and inserted only when new (a known value burns
+        # no tag id). The insert's result is ignored and the row read back, which crashes
+        # when there is none (an empty value fails the insert).
+        find_tag = "SELECT id FROM tag WHERE value = ?"
+        tag_id = self.db.scalar(find_tag, (body["value"],))
+        if tag_id is None:
+            self.db.insert("tag", {"value": body["value"]}, ignore=True)
+            tag_id = self.db.scalar(find_tag, (body["value"],))
         if tag_id is None:
             raise crash("tag row missing after insert")
         association = {f"{kind}_id": parent_id, "tag_id": tag_id}
-        association_id = self._insert(f"{kind}_tag", association, "tag")
+        association_id = self._insert(f"{kind}_tag", association, message)
         return _created("association", association_id)
 
     def delete_tag(self, request: Request) -> Response:
@@ -1429,7 +1465,8 @@ class Api:
     # --- models -------------------------------------------------------------------------------
 
     def get_model(self, request: Request) -> Response:
-        return Response.json(200, _model_json(self._get_or_404("model", self._path_id(request))))
+        row = self._get_or_404("model", self._path_id(request), "Model not found")
+        return Response.json(200, _model_json(row))
 
     def list_models(self, request: Request) -> Response:
         return self._page(
@@ -1444,31 +1481,36 @@ class Api:
     def create_model(self, request: Request) -> Response:
         project_id = self._path_id(request)
         body = self._json(request, _MODEL_CREATE)
+        message = "Failed to create model"
         if self.db.get("project", project_id) is None:
-            raise unprocessable("Failed to create model")
+            raise unprocessable(message)
         values = {
             "project_id": project_id,
             "name": body["name"],
             "description": "",
             "created_date": now_text(),
         }
-        model_id = self._insert("model", values, "model")
+        model_id = self._insert("model", values, message)
         if body["description"] is not None:
-            # Written by a second update, which stamps updated_date at once.
-            self._update(
-                "model",
-                model_id,
-                {"description": body["description"], "updated_date": now_text()},
-                "model",
-            )
+            # Written by a second update, which stamps updated_date at once; its outcome is
+            # not checked.
+            try:
+                self.db.update(
+                    "model",
+                    model_id,
+                    {"description": body["description"], "updated_date": now_text()},
+                )
+            except ConstraintError:
+                logger.debug("description of model %s not written", model_id)
         return _created("model", model_id)
 
     def update_model(self, request: Request) -> Response:
         model_id = self._path_id(request)
         body = self._json(request, _MODEL_UPDATE)
+        message = "Failed to update model"
         row = self.db.get("model", model_id)
         if row is None:
-            raise unprocessable("Failed to update model")
+            raise unprocessable(message)
         if not _differs(row, body):
             return Response.json(200, _UPDATED)
 
@@ -1477,8 +1519,9 @@ class Api:
         )
         if body["name"] is not None and has_versions is not None:
             # DuckDB refuses to update a unique column of a row referenced by a foreign key.
-            raise unprocessable("Failed to update model")
-        return self._patch("model", row, body, "model", stamp=True)
+            raise unprocessable(message)
+        self._patch("model", row, body, message, stamp=True)
+        return Response.json(200, _UPDATED)
 
     def delete_model(self, request: Request) -> Response:
         model_id = self._path_id(request)
@@ -1494,7 +1537,7 @@ class Api:
     # --- model versions -----------------------------------------------------------------------
 
     def get_modelversion(self, request: Request) -> Response:
-        row = self._get_or_404("model_version", self._path_id(request))
+        row = self._get_or_404("model_version", self._path_id(request), "Model version not found")
         return Response.json(200, _modelversion_json(row))
 
     def list_modelversions(self, request: Request) -> Response:
@@ -1521,16 +1564,17 @@ class Api:
     def create_modelversion(self, request: Request) -> Response:
         model_id = self._path_id(request)
         body = self._json(request, _MODELVERSION_CREATE)
+        message = "Failed to create model version"
         model = self.db.get("model", model_id)
         if model is None:
-            raise unprocessable("Failed to create model version")
+            raise unprocessable(message)
         if not self._in_project("iteration", body["iteration_id"], model["project_id"]):
-            raise unprocessable("Failed to create model version")
+            raise unprocessable(message)
         resource_id = body["resource_id"]
         if resource_id is not None and not self._in_project(
             "resource", resource_id, model["project_id"]
         ):
-            raise unprocessable("Failed to create model version")
+            raise unprocessable(message)
 
         # The version number is "highest + 1", computed inside the insert statement.
         new_id = self.db.next_id("model_version")
@@ -1552,31 +1596,33 @@ class Api:
             )
         except ConstraintError as exc:
             if exc.kind == "unique":
-                raise conflict("The model version already exists") from exc
-            raise unprocessable("Failed to create model version") from exc
+                raise conflict(message) from exc
+            raise unprocessable(message) from exc
         return _created("modelversion", new_id)
 
     def update_modelversion(self, request: Request) -> Response:
         version_id = self._path_id(request)
         body = self._json(request, _MODELVERSION_UPDATE)
+        message = "Failed to update model version"
         row = self.db.get("model_version", version_id)
         if row is None:
-            raise unprocessable("Failed to update model version")
+            raise unprocessable(message)
         resource_id = body["resource_id"]
         if resource_id is not None:
             model = self.db.get("model", row["model_id"])
             if model is None or not self._in_project("resource", resource_id, model["project_id"]):
-                raise unprocessable("Failed to update model version")
+                raise unprocessable(message)
 
-        response = self._patch("model_version", row, body, "model version", stamp=True)
-        if body["stage_id"] == 3:
-            # Promotion to PRODUCTION demotes the other PRODUCTION versions, as a second step.
+        updated = self._patch("model_version", row, body, message, stamp=True)
+        if updated and body["stage_id"] == 3:
+            # A promotion to PRODUCTION that was written demotes the other PRODUCTION versions
+            # to ARCHIVED, stamping them too, in a second statement.
             self.db.write(
-                "UPDATE model_version SET stage_id = 4"
+                "UPDATE model_version SET stage_id = 4, updated_date = ?"
                 " WHERE model_id = ? AND stage_id = 3 AND id <> ?",
-                (row["model_id"], version_id),
+                (now_text(), row["model_id"], version_id),
             )
-        return response
+        return Response.json(200, _UPDATED)
 
     def delete_modelversion(self, request: Request) -> Response:
         self.db.delete("model_version", self._path_id(request))

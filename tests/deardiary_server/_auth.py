@@ -58,15 +58,20 @@ def _sign(signing_input: str, secret: str) -> str:
     return _b64encode(mac.digest())
 
 
-def issue_token(username: str, user_id: int | str, secret: str, lifetime: float) -> str:
-    """Sign a token with the claims ``sub``, ``id`` and ``exp`` (``exp`` rounded up)."""
-    claims = {"sub": username, "id": user_id, "exp": math.ceil(skewed_unix_now() + lifetime)}
+def sign_claims(claims: dict[str, Any], secret: str) -> str:
+    """Sign any claims as an HS256 token (tests use it to forge odd payloads)."""
     header = _b64encode(
         json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode("utf-8")
     )
     payload = _b64encode(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
     signing_input = f"{header}.{payload}"
     return f"{signing_input}.{_sign(signing_input, secret)}"
+
+
+def issue_token(username: str, user_id: int | str, secret: str, lifetime: float) -> str:
+    """Sign a token with the claims ``sub``, ``id`` and ``exp`` (``exp`` rounded up)."""
+    claims = {"sub": username, "id": user_id, "exp": math.ceil(skewed_unix_now() + lifetime)}
+    return sign_claims(claims, secret)
 
 
 def token_expiry(token: str) -> int:

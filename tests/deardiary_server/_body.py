@@ -18,8 +18,16 @@ from typing import BinaryIO, Protocol
 CHUNK_SIZE = 256 * 1024
 
 _MULTIPART_TYPE = re.compile(r'^multipart/form-data; boundary=([^\s;"]{1,70})$')
-_DISPOSITION_NAME = re.compile(r'(?:^|;)\s*name="([^"]*)"', re.IGNORECASE)
 _MAX_PART_HEADER = 64 * 1024
+
+# The part header rules of the server's parser (HTTP.jl): a ``Content-Disposition`` line
+# (only these two spellings of the name) reading ``form-data;`` and then parameters, which are
+# ``key="value"`` pairs (value up to the next double quote) or bare flags, each optionally
+# followed by ``;``. Reading stops at the first text that is neither.
+_DISPOSITION = re.compile(r"[Cc]ontent-[Dd]isposition:[ \t]*form-data;[ \t]*(.*)")
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_PARAMETER_PAIR = re.compile(rf'[ \t]*({_TOKEN})[ \t]*=[ \t]*"(.*?)";?')
+_PARAMETER_FLAG = re.compile(rf"[ \t]*({_TOKEN});?")
 
 
 class _Input(Protocol):
@@ -184,17 +192,34 @@ class _PartSink:
             self.path.unlink(missing_ok=True)
 
 
-def _part_name(header_block: bytes) -> str | None:
-    """The ``name`` of a part from its ``Content-Disposition: form-data; name="..."`` header."""
-    for line in header_block.decode("utf-8", "replace").split("\r\n"):
-        key, _, value = line.partition(":")
-        if key.strip().lower() != "content-disposition":
+def _part_name(header_block: bytes) -> str:
+    """The ``name`` of a part from its ``Content-Disposition: form-data; name="..."`` header.
+
+    Raises:
+        MultipartError: The part has no such header, or the header has no quoted ``name``
+            (the server's parser then fails on the whole request).
+    """
+    lines = header_block.decode("utf-8", "replace").split("\r\n")
+    found = next((m for m in map(_DISPOSITION.fullmatch, lines) if m is not None), None)
+    if found is None:
+        raise MultipartError("a part without a Content-Disposition: form-data header")
+
+    parameters = found.group(1)
+    name: str | None = None
+    while parameters:
+        pair = _PARAMETER_PAIR.match(parameters)
+        if pair is not None:
+            if pair.group(1) == "name":
+                name = pair.group(2)
+            parameters = parameters[pair.end() :]
             continue
-        if not value.strip().lower().startswith("form-data"):
-            return None
-        match = _DISPOSITION_NAME.search(value)
-        return match.group(1) if match else None
-    return None
+        flag = _PARAMETER_FLAG.match(parameters)
+        if flag is None:
+            break
+        parameters = parameters[flag.end() :]
+    if name is None:
+        raise MultipartError('a part without a quoted name="..." parameter')
+    return name
 
 
 def parse_multipart(
@@ -208,15 +233,18 @@ def parse_multipart(
     Args:
         body: The request body.
         boundary: The boundary from the ``Content-Type`` header.
-        file_parts: Names of the parts to stream to disk; other named parts are kept as text,
-            parts without a name are skipped.
+        file_parts: Names of the parts to stream to disk; other parts are kept as text.
         new_path: Gives a fresh file path for each file part.
 
     Returns:
-        The parsed form (a repeated part name keeps the last part).
+        The parsed form. A repeated part name keeps the first part (the server looks parts up
+        by name and takes the first).
 
     Raises:
-        MultipartError: The body does not follow the multipart framing.
+        MultipartError: The body does not follow the multipart framing, a part has no header
+            block or no ``Content-Disposition: form-data`` header with a quoted ``name``, or
+            the closing delimiter is not followed by a line break. The server's parser fails
+            on all of these.
         BodyError: The request framing broke while reading.
     """
     # A CRLF in front makes the first delimiter look like every other one.
@@ -257,10 +285,15 @@ def parse_multipart(
             elif state == "delimiter":
                 if len(buffer) < 2 and more():
                     continue
+                line_end = buffer.find(b"\r\n")
                 if buffer.startswith(b"--"):
+                    # The closing delimiter, which needs its line break too (blanks allowed).
+                    if line_end < 0 and len(buffer) <= 1024 and more():
+                        continue
+                    if line_end < 0 or buffer[2:line_end].strip(b" \t"):
+                        raise MultipartError("the closing delimiter is not followed by CRLF")
                     body.drain()
                     return form
-                line_end = buffer.find(b"\r\n")
                 if line_end < 0:
                     if len(buffer) > 1024 or not more():
                         raise MultipartError("no line break after a delimiter")
@@ -272,17 +305,20 @@ def parse_multipart(
 
             else:  # headers
                 if buffer.startswith(b"\r\n"):
-                    header_block, buffer = b"", buffer[2:]
-                else:
-                    end = buffer.find(b"\r\n\r\n")
-                    if end < 0:
-                        if len(buffer) > _MAX_PART_HEADER or not more():
-                            raise MultipartError("unterminated part headers")
-                        continue
-                    header_block, buffer = buffer[:end], buffer[end + 4 :]
+                    raise MultipartError("a part without headers")
+                end = buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buffer) > _MAX_PART_HEADER or not more():
+                        raise MultipartError("unterminated part headers")
+                    continue
+                header_block, buffer = buffer[:end], buffer[end + 4 :]
 
                 name = _part_name(header_block)
-                sink = _PartSink(name, name in file_parts, new_path)
+                if name in form.texts or name in form.files:
+                    # Only the first part of a name counts: read past this one.
+                    sink = _PartSink(None, False, new_path)
+                else:
+                    sink = _PartSink(name, name in file_parts, new_path)
                 state = "body"
     except BaseException:
         if sink is not None:
@@ -292,14 +328,11 @@ def parse_multipart(
 
 
 def _finish_part(sink: _PartSink, form: MultipartForm) -> None:
-    """Record a completed part in the form (a later part of the same name replaces it)."""
+    """Record a completed part in the form (skipped parts have no name)."""
     if sink.name is None:
         return
     stored = sink.close()
     if stored is not None:
-        previous = form.files.pop(sink.name, None)
-        if previous is not None:
-            previous.path.unlink(missing_ok=True)
         form.files[sink.name] = stored
     else:
         form.texts[sink.name] = bytes(sink.text).decode("utf-8", "replace")

@@ -302,12 +302,26 @@ def parse_body(raw: bytes, fields: Sequence[Field], id_kind: str) -> dict[str, A
     return read_fields(read_json(raw), fields, id_kind)
 
 
+_JULIA_INT = re.compile(
+    r"(?P<sign>[+-]?)(?:0x(?P<hex>[0-9a-fA-F]+)|0o(?P<oct>[0-7]+)|0b(?P<bin>[01]+)|(?P<dec>[0-9]+))"
+)
+
+
 def try_parse_int(text: str | None) -> int | None:
-    """Julia's ``tryparse(Int, s)``: an optional sign and decimal digits, else ``None``."""
+    """Julia's ``tryparse(Int64, s)``, which the server uses on query and path text.
+
+    Surrounding whitespace and a sign are allowed, and so are the prefixes ``0x``, ``0o`` and
+    ``0b`` (``"0x10"`` is 16). Anything else, or a value outside 64 bits, gives ``None``.
+    """
     if text is None:
         return None
-    stripped = text.strip()
-    if not re.fullmatch(r"[+-]?\d+", stripped):
+    match = _JULIA_INT.fullmatch(text.strip())
+    if match is None:
         return None
-    value = int(stripped)
+
+    bases = {"hex": 16, "oct": 8, "bin": 2, "dec": 10}
+    digits, base = next((match[name], bases[name]) for name in bases if match[name] is not None)
+    value = int(digits, base)
+    if match["sign"] == "-":
+        value = -value
     return value if INT64_MIN <= value <= INT64_MAX else None
