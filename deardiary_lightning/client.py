@@ -865,7 +865,11 @@ class Client:
 
 
 def _all_rows(fetch: Callable[[Pagination], PaginatedResponse[T]]) -> Iterator[T]:
-    """Read a list to its end, dropping rows a concurrent insert pushed into the next page."""
+    """Read a list to its end, dropping rows a concurrent insert pushed into the next page.
+
+    Most server lists have no defined order, so rows written while the list is being read may
+    also be missed; read again after the writes settle when completeness matters.
+    """
     seen: set[Any] = set()
     offset = 0
     while True:
@@ -900,20 +904,26 @@ def _check_target(target: str) -> str:
     return target
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
 def _check_step(step: int | None) -> int | None:
-    """Accept integral steps only (the server refuses fractional ones)."""
+    """Accept integral steps in the server's 64-bit range only."""
     if step is None:
         return None
+    as_int: int | None = step
     if isinstance(step, bool) or not isinstance(step, int):
         try:
             as_int = int(step)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             as_int = None
         if as_int is None or as_int != step:
             msg = f"step {step!r} is not an integer"
             raise TypeError(msg)
-        return as_int
-    return step
+    if as_int not in _INT64:
+        msg = f"step {step!r} is outside the signed 64-bit range the server stores"
+        raise ValueError(msg)
+    return as_int
 
 
 E = TypeVar("E", ExperimentStatus, IterationStatus, ModelStage)

@@ -106,7 +106,11 @@ def check_finite(key: str, value: Any) -> float:
             msg = f"metric {key!r}: value {value!r} is not a real number"
             raise TypeError(msg)
     else:
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            msg = f"metric {key!r}: value {value!r} is too large for a 64-bit float"
+            raise ValueError(msg) from None
     if not math.isfinite(number):
         msg = (
             f"metric {key!r}: value {number} is not finite; DearDiary stores only finite "

@@ -78,3 +78,8 @@ def test_parameter_text() -> None:
         parameter_text("k", "")
     with pytest.raises(TypeError, match="str, int, float or bool"):
         parameter_text("k", [1])
+
+
+def test_huge_integers_are_refused_as_values() -> None:
+    with pytest.raises(ValueError, match="too large"):
+        check_finite("k", 10**400)

@@ -407,7 +407,7 @@ class HTTPBackend(Backend):
     def open_resource_data(self, resource_id: Id) -> ReadableStream | None:
         """``GET /resource/{id}/data``, streamed: the caller reads chunks and closes."""
         response = self._send("GET", _path("/resource/{}/data", resource_id), stream=True)
-        if response.status_code == 404:
+        if _entity_missing(response):
             response.close()
             return None
         if response.status_code != 200:
@@ -494,7 +494,7 @@ class HTTPBackend(Backend):
     def _get_one(self, cls: type[E], template: str, entity_id: Id) -> E | None:
         """Read one entity; ``None`` on 404."""
         response = self._send("GET", _path(template, entity_id))
-        if response.status_code == 404:
+        if _entity_missing(response):
             return None
         return cls.from_wire(self._decode(response, 200))
 
@@ -548,9 +548,10 @@ class HTTPBackend(Backend):
         response = self._send_once(method, path, body, raw, params, stream, auth)
         if response.status_code == 401 and auth and self._can_sign_in() and raw is None:
             code = _error_code(response)
-            if code == "TOKEN_EXPIRED":
+            if code in ("TOKEN_EXPIRED", "TOKEN_INVALID"):
                 # A 401 means the request was refused, so sending it again cannot duplicate it.
-                logger.info("token expired; signing in again as %s", self._username)
+                # TOKEN_INVALID follows a change of the server's signing secret.
+                logger.info("token refused (%s); signing in again as %s", code, self._username)
                 response.close()
                 with self._auth_lock:
                     self._sign_in_locked()
@@ -618,6 +619,11 @@ class HTTPBackend(Backend):
     def _api_error(self, response: requests.Response) -> APIError:
         """Build the error for a failed answer, reading the envelope when there is one."""
         code, message = _read_error_body(response)
+        if response.status_code == 404 and code == "UNKNOWN":
+            message = (
+                "the server has no such route; check that the URL is the DearDiary server's "
+                "base URL (no path, no API prefix)"
+            )
         method, url = self._where(response.request.method or "", response.url)
         error = api_error_for(response.status_code, code, message, method=method, url=url)
         error.retry_after = _retry_after(response.headers.get("Retry-After"))
@@ -731,6 +737,17 @@ def _retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _entity_missing(response: requests.Response) -> bool:
+    """Whether a 404 says "no such entity" (with the envelope), not "no such route".
+
+    The server answers an unknown path with an empty 404. Reading that as a missing entity
+    would hide a wrong base URL, so only an envelope 404 counts; the other raises.
+    """
+    if response.status_code != 404:
+        return False
+    return _error_code(response) in ("NOT_FOUND", "USER_NOT_FOUND")
 
 
 def _error_code(response: requests.Response) -> str:

@@ -74,7 +74,8 @@ def test_empty_error_bodies(server: DearDiaryTestServer) -> None:
     backend = HTTPBackend(server.url)
     with pytest.raises(dd.NotFoundError) as info:
         backend._json("GET", "/no/such/route")
-    assert (info.value.code, info.value.message) == ("UNKNOWN", "HTTP 404")
+    assert info.value.code == "UNKNOWN"
+    assert "base URL" in info.value.message
     with pytest.raises(dd.MethodNotAllowedError) as info405:
         backend._json("PUT", "/project/")
     assert (info405.value.status, info405.value.message) == (405, "HTTP 405")
@@ -308,3 +309,24 @@ def test_secrets_stay_out_of_reprs_errors_and_logs(
 def test_credentials_in_the_url_are_refused() -> None:
     with pytest.raises(ValueError, match="credentials"):
         dd.connect("http://bob:pw@127.0.0.1:9")
+
+
+def test_a_wrong_base_url_is_not_read_as_a_missing_entity(server: DearDiaryTestServer) -> None:
+    client = dd.connect(server.url + "/api/v1")
+    with pytest.raises(dd.NotFoundError, match="base URL"):
+        client.get_project(1)
+    with pytest.raises(dd.NotFoundError, match="base URL"):
+        client.read_resource_data(1)
+
+
+def test_a_rotated_signing_secret_signs_in_again(auth_server: DearDiaryTestServer) -> None:
+    client = dd.connect(auth_server.url, username="bob", password=PASSWORD)
+    client.backend._token = auth_server.sign_in_token("bob") + "x"  # type: ignore[attr-defined]
+    assert client.get_projects() == []
+
+
+def test_steps_outside_64_bits_are_refused(server: DearDiaryTestServer) -> None:
+    client = dd.connect(server.url)
+    iteration = _iteration(client)
+    with pytest.raises(ValueError, match="64-bit"):
+        client.create_metric(iteration, "k", 1.0, step=2**63)
