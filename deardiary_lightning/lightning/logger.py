@@ -141,6 +141,23 @@ class _Lifecycle:
         self.finish(self, self.timeout, exiting=True)
 
     @staticmethod
+    def collected(lifecycle: _Lifecycle, timeout: float | None) -> None:
+        """End the run of a garbage-collected logger.
+
+        The collection may happen on one of the writer's own threads, which cannot wait for
+        themselves to stop: the run is then ended from a new thread.
+        """
+        if lifecycle.ended:
+            return
+        if threading.current_thread().name.startswith("deardiary"):
+            ender = threading.Thread(
+                target=_Lifecycle.finish, args=(lifecycle, timeout), name="dd-logger-end"
+            )
+            ender.start()
+            return
+        _Lifecycle.finish(lifecycle, timeout)
+
+    @staticmethod
     def finish(lifecycle: _Lifecycle, timeout: float | None, exiting: bool = False) -> None:
         """End the run when the logger is gone: garbage-collected, or the interpreter exits."""
         if lifecycle.ended:
@@ -473,7 +490,7 @@ class DearDiaryLogger(Logger):
             if resume is not None:
                 self._seed_steps(run)
             self._record_start(run)
-            collected = weakref.finalize(self, _Lifecycle.finish, lifecycle, self._close_timeout)
+            collected = weakref.finalize(self, _Lifecycle.collected, lifecycle, self._close_timeout)
             collected.atexit = False
             self._lifecycle = lifecycle
 
