@@ -499,7 +499,7 @@ class DearDiaryLogger(Logger):
             "resumed" if resume is not None else "started",
             run.iteration_id,
             target.experiment,
-            run.url,
+            mask_url(run.url),
         )
         return lifecycle
 

@@ -12,6 +12,7 @@ from lightning.pytorch import Trainer
 
 import deardiary_lightning as dd
 from deardiary_lightning.lightning import DearDiaryCallback, DearDiaryLogger
+from tests.deardiary_server import FaultRule
 from tests.lightning._models import (
     BATCHES,
     TinyModel,
@@ -256,3 +257,26 @@ def test_prefix_and_direct_calls(local):
 
     found = series(local.client(), logger.iteration_id)
     assert found == {"run1-a": [(0, 1.0), (1, 2.0), (10, 3.0), (11, 4.0)]}
+
+
+def test_flaky_server_loses_and_doubles_nothing(deardiary_server, tmp_path: Path):
+    # A fifth of the metric requests lose their answer after the server applied them, and a
+    # tenth of all requests fail with 503 first: every point must still land exactly once.
+    deardiary_server.add_fault(FaultRule(kind="drop_after", probability=0.2, path="/metric"))
+    deardiary_server.add_fault(FaultRule(kind="status", status=503, probability=0.1))
+    logger = DearDiaryLogger(url=deardiary_server.url, store=str(tmp_path / "spool"))
+    fit_and_test(logger)
+    logger.end()
+
+    fired = deardiary_server.stats["faults"]
+    assert fired["drop_after"] >= 2 and fired["status"] >= 2, fired
+    deardiary_server.clear_faults()
+    client = dd.connect(deardiary_server.url)
+    iteration = only_iteration(client, "default")
+    assert iteration.status is dd.IterationStatus.SUCCEEDED
+    found = steps(client, iteration.id)
+    assert found["loss_epoch"] == list(range(EPOCHS))
+    assert found["loss_step"] == list(range(EPOCHS * BATCHES))
+    assert found["val_batch_loss"] == list(range(EPOCHS * VAL_BATCHES))
+    assert found["test_loss"] == [EPOCHS]
+    assert all(len(v) == 1 for v in parameters(client, iteration.id).values())
