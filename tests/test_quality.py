@@ -21,7 +21,7 @@ def test_all_is_sorted_and_complete() -> None:
         assert hasattr(deardiary_lightning, name), name
     public = {n for n in vars(deardiary_lightning) if not n.startswith("_")}
     modules = {n for n in public if type(getattr(deardiary_lightning, n)).__name__ == "module"}
-    assert public - modules - {"annotations"} <= set(names)
+    assert public - modules - {"annotations", "TYPE_CHECKING", "Any"} <= set(names)
 
 
 def _tool(name: str) -> str:
@@ -43,3 +43,20 @@ def test_ruff_is_clean() -> None:
 def test_mypy_is_clean() -> None:
     mypy = _tool("mypy")
     subprocess.run([mypy, "deardiary_lightning", "tests/typing"], cwd=ROOT, check=True)
+
+
+def test_the_client_and_the_command_start_without_torch() -> None:
+    code = (
+        "import sys, deardiary_lightning, deardiary_lightning.cli; "
+        "assert 'torch' not in sys.modules and 'lightning' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_lazy_names_resolve_to_their_modules() -> None:
+    from deardiary_lightning.lightning import DearDiaryLogger
+
+    assert deardiary_lightning.DearDiaryLogger is DearDiaryLogger
+    assert "DearDiaryLogger" in dir(deardiary_lightning)
+    with pytest.raises(AttributeError, match="no attribute"):
+        deardiary_lightning.NoSuchName  # noqa: B018
