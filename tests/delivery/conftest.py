@@ -11,8 +11,6 @@ import pytest
 
 from deardiary_lightning.delivery import shutdown
 
-pytest_plugins = ["tests.deardiary_server.fixtures"]
-
 
 def server_points(server: Any, iteration_id: Any) -> Counter[tuple[str, int, float]]:
     """Count the stored points of an iteration by (key, step, value), read from the database."""

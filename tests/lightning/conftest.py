@@ -13,8 +13,6 @@ import torch
 
 import deardiary_lightning as dd
 
-pytest_plugins = ["tests.deardiary_server.fixtures"]
-
 _HERE = Path(__file__).parent
 
 #: Warnings Lightning gives about tiny CPU test setups; they say nothing about our code.
