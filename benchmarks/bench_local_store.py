@@ -10,17 +10,24 @@ the Lightning logger's writer does), on the file store (every call durable: appe
 in the same process (it keeps rows in memory and writes the file at the end, so it promises no
 durability per call). Then the run is read back by a fresh process-level client, and synced to
 the test suite's DearDiary-compatible server started in its own process.
+
+Last, a smaller run (``--s3-points``, 8,000 by default so that this part stays under a minute)
+goes to S3 (moto's server on 127.0.0.1, in this process) twice: once without packs, one object
+per write as format 1 stores it, and once with packs, closed normally and cut off as by
+``kill -9``. Each is read back by a fresh client, counting the objects it fetched.
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,12 +85,75 @@ def _timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def _s3_readback(points: int, keys: list[str]) -> None:
+    """Write a run to moto's S3 with and without packs; time reading it back."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from deardiary_lightning.backends.local import LocalBackend
+    from deardiary_lightning.store import log as store_log
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    options = {
+        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+        "key": "x",
+        "secret": "y",
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="x",
+        aws_secret_access_key="y",
+        region_name="us-east-1",
+    ).create_bucket(Bucket="bench")
+    steps = points // len(keys)
+    default_fanout = store_log.PACK_FANOUT
+    cases = [("no packs (format 1)", 0, True), ("packs, closed", default_fanout, True)]
+    cases.append(("packs, writer killed", default_fanout, False))
+    print()
+    print(f"s3 read back (moto): {steps * len(keys):,} points, {steps:,} calls of {len(keys)} keys")
+    header = f"{'layout':<34} {'write s':>9} {'objects':>9} {'fetched':>9} {'open s':>9}"
+    print(header + f" {'read s':>9}")
+    try:
+        for name, fanout, close in cases:
+            store_log.PACK_FANOUT = fanout
+            url = f"s3://bench/{uuid.uuid4().hex}"
+            writer = dd.connect(url, storage_options=options)
+            start = time.perf_counter()
+            iteration, _ = _append(writer, steps, keys)
+            if close:
+                writer.close()
+            written = time.perf_counter() - start
+            backend = writer.backend
+            assert isinstance(backend, LocalBackend)
+            backend.location.fs.invalidate_cache()
+            objects = len(backend.location.fs.find(backend.location.path("log")))
+            opened, reader = _timed(partial(dd.connect, url, storage_options=options))
+            assert isinstance(reader, dd.Client) and isinstance(reader.backend, LocalBackend)
+            fetched = reader.backend._reader.objects_read
+            read, rows = _timed(partial(reader.get_metrics, iteration))
+            assert isinstance(rows, list) and len(rows) == steps * len(keys)
+            print(
+                f"{name:<34} {written:>9.2f} {objects:>9,} {fetched:>9,} {opened:>9.2f} "
+                f"{read:>9.2f}"
+            )
+    finally:
+        store_log.PACK_FANOUT = default_fanout
+        server.stop()
+
+
 def main() -> None:
     """Run the benchmark and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--keys", type=int, default=8)
     parser.add_argument("--no-sync", action="store_true", help="skip the sync to a server")
+    parser.add_argument("--s3-points", type=int, default=8_000, help="0 skips the S3 part")
     args = parser.parse_args()
     keys = [f"metric_{i}" for i in range(args.keys)]
     steps = args.points // args.keys
@@ -110,6 +180,8 @@ def main() -> None:
     assert isinstance(rows, list) and len(rows) == points
     print(f"{'get_metrics (all pages)':<34} {read:>12.2f} {points / read:>10,.0f}")
 
+    if args.s3_points:
+        _s3_readback(args.s3_points, keys)
     if args.no_sync:
         return
     from tests.deardiary_server import spawn

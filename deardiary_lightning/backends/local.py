@@ -9,8 +9,9 @@ the other.
 How the data is kept (``docs/local-store.md`` has the full format):
 
 - every write is one or a few JSON records appended to this writer's own log (a new object per
-  write on object stores), durable before the call returns; nothing is ever rewritten, so the
-  cost of a write does not grow with the store;
+  write on object stores, packed into larger new objects every few dozen writes so that reading
+  a run back fetches few objects), durable before the call returns; nothing is ever rewritten,
+  so the cost of a write does not grow with the store;
 - the rows are rebuilt in memory from the records of every writer, and records added by other
   processes are picked up before each read;
 - ids are ``<writer-id>-<counter>``: writer ids are time-ordered and random, so two processes
@@ -64,6 +65,7 @@ from deardiary_lightning.store.layout import (
     fsync_directory,
     new_writer_id,
     open_location,
+    store_errors,
 )
 from deardiary_lightning.store.log import LogReader, LogWriter, Record
 from deardiary_lightning.store.state import MetricRow, State
@@ -142,13 +144,18 @@ class LocalBackend(Backend):
 
     Raises:
         StoreFormatError: The location holds a store of a newer, unknown format version.
+        ConnectError: The store could not be reached (no route to the endpoint, refused
+            credentials, a missing drive); nothing was read or written.
     """
 
     def __init__(self, url: str, *, storage_options: dict[str, Any]) -> None:
         self._location: StoreLocation = open_location(url, dict(storage_options))
         self.url = self._location.url
         self._lock = threading.RLock()
-        self._exists = self._location.check_marker()
+        try:
+            self._exists = self._location.check_marker()
+        except store_errors() as exc:
+            raise self._unreachable(exc) from exc
         self._state = State()
         self._writer: LogWriter | None = None
         self._writer_id = ""
@@ -173,7 +180,7 @@ class LocalBackend(Backend):
         return self._writer_id
 
     def close(self) -> None:
-        """Close the open log segment."""
+        """Close the open log segment; on object stores, pack this writer's latest writes."""
         with self._lock:
             if self._writer is not None:
                 self._writer.close()
@@ -197,9 +204,8 @@ class LocalBackend(Backend):
                         self._last_refresh = now
                         return
                 batches = self._reader.poll()
-            except OSError as exc:
-                msg = f"could not read the local store: {exc}"
-                raise ConnectError(msg, method="GET", url=self.url) from exc
+            except store_errors() as exc:
+                raise self._unreachable(exc) from exc
             self._last_refresh = now
             if batches:
                 self._state.apply_many(batches)
@@ -217,9 +223,21 @@ class LocalBackend(Backend):
             self._refresh(max_age=PAGE_READ_WINDOW if continuing else 0.0)
             yield self._state
 
+    def _unreachable(self, exc: BaseException) -> ConnectError:
+        """Build the error for a store that could not be read (``exc`` says why)."""
+        msg = (
+            f"could not read the local store at {self.url} ({type(exc).__name__}: {exc}); "
+            "check that the location exists and is reachable from here, and for an object "
+            "store the endpoint URL and credentials in storage_options"
+        )
+        return ConnectError(msg, method="GET", url=self.url)
+
     def _ensure_writer(self) -> LogWriter:
         if self._writer is None:
-            self._location.ensure_marker()
+            try:
+                self._location.ensure_marker()
+            except store_errors() as exc:
+                raise self._unreachable(exc) from exc
             self._exists = True
             self._writer_id = new_writer_id()
             self._reader.skip_writer = self._writer_id
@@ -241,7 +259,7 @@ class LocalBackend(Backend):
             self._record_number += 1
         try:
             writer.write(records)
-        except OSError as exc:
+        except store_errors() as exc:
             msg = f"could not write to the local store: {exc}; check space and permissions"
             raise ResponseLostError(msg, method=method, url=self.url) from exc
         for record in records:
@@ -813,7 +831,7 @@ class LocalBackend(Backend):
     def _stream_in(self, method: str, data: BinaryIO) -> tuple[str, int, str]:
         try:
             return self._write_blob(data)
-        except OSError as exc:
+        except store_errors() as exc:
             msg = f"could not write the resource bytes to the local store: {exc}"
             raise ResponseLostError(msg, method=method, url=self.url) from exc
 

@@ -5,6 +5,7 @@ A store is a directory (or an object-store prefix) reached through fsspec::
     <root>/
       deardiary-store.json          format marker: {"format": ..., "version": 1, ...}
       log/<writer-id>/<seq>.jsonl   append-only log segments, one directory per writer
+      log/<writer-id>/<a>-<b>.pack  packs: the segments a..b of one writer in one object
       blobs/<blob-id>               resource bytes, written once, never modified
       sync/<target-key>/...         sync journals, one per target server
 
@@ -17,6 +18,15 @@ touch the same file. How a writer adds records depends on what the filesystem ca
   single PUT (atomic and durable once it returns).
 - ``rename`` (other filesystems): each write goes to a hidden temporary name, then is moved into
   place.
+
+In the last two modes a writer also packs its small segments into larger immutable *pack*
+objects (see :mod:`deardiary_lightning.store.log`), so reading a long run back fetches a few
+objects, not one per write.
+
+Format versions: version 1 has segments only (packs, if any, sit beside the segments they
+cover); version 2 allows a writer to delete segments (and smaller packs) once a pack covering
+them exists. Object stores are created as version 2; local disks, which never pack, stay at
+version 1 so that older packages keep reading them.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import json
 import logging
 import os
 import secrets
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +53,7 @@ __all__ = [
     "StoreLocation",
     "new_writer_id",
     "open_location",
+    "store_errors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,8 +61,14 @@ logger = logging.getLogger(__name__)
 #: The ``format`` value of the marker file.
 FORMAT_NAME = "deardiary-local-store"
 
-#: The layout version this package writes and the newest it can read.
-FORMAT_VERSION = 1
+#: The newest layout version this package can read (and writes on object stores).
+FORMAT_VERSION = 2
+
+#: The version of stores on local disks, where nothing is packed (older packages read them).
+APPEND_FORMAT_VERSION = 1
+
+#: The first version in which segments covered by a pack may be deleted.
+PRUNING_VERSION = 2
 
 #: Name of the marker file at the root of a store.
 MARKER_NAME = "deardiary-store.json"
@@ -67,6 +85,20 @@ _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 class StoreFormatError(RuntimeError):
     """The store was written by a newer version of the package, or is not a store at all."""
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """Return the exception classes that mean "the store could not be reached or written".
+
+    fsspec implementations raise ``OSError`` for most failures, but s3fs lets botocore's own
+    errors through for some of them (no route to the endpoint, no credentials). Those are only
+    added when botocore is already imported, so a local store never pays for importing it.
+    """
+    errors: list[type[BaseException]] = [OSError]
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore is not None:
+        errors.extend(getattr(botocore, name) for name in ("BotoCoreError", "ClientError"))
+    return tuple(errors)
 
 
 def _base36(number: int, width: int) -> str:
@@ -97,12 +129,19 @@ class StoreLocation:
         root: The store's path inside ``fs`` (no trailing slash).
         url: The store's URL, with the protocol, for messages.
         mode: ``"append"``, ``"put"`` or ``"rename"`` (see the module docstring).
+        version: The store's format version, once its marker was read or written.
     """
 
     fs: AbstractFileSystem
     root: str
     url: str
     mode: str
+    version: int | None = None
+
+    @property
+    def prunes_packed(self) -> bool:
+        """Whether writers may delete segments that a pack covers (format version 2 on)."""
+        return self.version is not None and self.version >= PRUNING_VERSION
 
     @property
     def is_local(self) -> bool:
@@ -155,6 +194,7 @@ class StoreLocation:
                 "package (pip install -U deardiary-lightning) to open it"
             )
             raise StoreFormatError(msg)
+        self.version = version
         return True
 
     def ensure_marker(self) -> None:
@@ -163,13 +203,15 @@ class StoreLocation:
             return
         from deardiary_lightning import __version__
 
+        version = APPEND_FORMAT_VERSION if self.is_local else FORMAT_VERSION
         marker = {
             "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+            "version": version,
             "created_by": f"deardiary-lightning {__version__}",
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         self.put_small(self.path(MARKER_NAME), (json.dumps(marker, indent=2) + "\n").encode())
+        self.version = version
 
     def put_small(self, path: str, data: bytes) -> None:
         """Write a small file whole and durably, replacing it atomically where possible."""

@@ -1,8 +1,9 @@
 """A writer process for the durability tests.
 
-Usage: ``python _writer.py URL OPTIONS_JSON ITERATION LABEL COUNT``. It logs ``COUNT`` batches
-of two points (and a parameter every 50 steps) and prints one line per returned call:
-``<step> <id> <id>`` (or ``param <id>``), so the parent knows what was acknowledged.
+Usage: ``python _writer.py URL OPTIONS_JSON ITERATION LABEL COUNT [PACK_FANOUT]``. It logs
+``COUNT`` batches of two points (and a parameter every 50 steps) and prints one line per
+returned call: ``<step> <id> <id>`` (or ``param <id>``), so the parent knows what was
+acknowledged. ``PACK_FANOUT`` makes object-store packs that small, to pack often.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import deardiary_lightning as dd
 
 def main() -> None:
     url, options, iteration, label, count = sys.argv[1:6]
+    if len(sys.argv) > 6:
+        from deardiary_lightning.store import log
+
+        log.PACK_FANOUT = int(sys.argv[6])
     client = dd.connect(url, storage_options=json.loads(options))
     print("ready", flush=True)
     for step in range(int(count)):

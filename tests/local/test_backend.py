@@ -14,6 +14,7 @@ import pytest
 import deardiary_lightning as dd
 from deardiary_lightning.backends.local import APP_NAME, LocalBackend
 from deardiary_lightning.store import FORMAT_VERSION, StoreFormatError
+from deardiary_lightning.store.layout import APPEND_FORMAT_VERSION
 from tests.local.conftest import StoreSpec
 
 
@@ -367,7 +368,7 @@ def test_default_store_created_on_first_write(
     assert not (tmp_path / "deardiary").exists()
     project = client.create_project("first")
     marker = json.loads((tmp_path / "deardiary" / "deardiary-store.json").read_text())
-    assert marker["version"] == FORMAT_VERSION
+    assert marker["version"] == APPEND_FORMAT_VERSION == 1  # local disks: readable by 1.x
     assert dd.connect("./deardiary").get_project(project) is not None
     assert dd.connect(f"file://{tmp_path / 'deardiary'}").get_project(project) is not None
 

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _start_writer(
-    spec: StoreSpec, iteration: dd.Id, label: str, count: int
+    spec: StoreSpec, iteration: dd.Id, label: str, count: int, pack_fanout: int | None = None
 ) -> subprocess.Popen[str]:
     options = dict(spec.storage_options)
     command = [
@@ -32,6 +32,7 @@ def _start_writer(
         str(iteration),
         label,
         str(count),
+        *([] if pack_fanout is None else [str(pack_fanout)]),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
