@@ -260,16 +260,21 @@ def test_prefix_and_direct_calls(local):
 
 
 def test_flaky_server_loses_and_doubles_nothing(deardiary_server, tmp_path: Path):
-    # A fifth of the metric requests lose their answer after the server applied them, and a
-    # tenth of all requests fail with 503 first: every point must still land exactly once.
+    # The first metric batches lose their answer after the server applied them, the next
+    # metric and parameter requests fail with 503 first, then a fifth of the metric requests
+    # lose their answer: every point must still land exactly once. The counted rules fire
+    # whatever the timing, so the test always exercises both faults.
+    deardiary_server.add_fault(FaultRule(kind="drop_after", count=2, path="/batch"))
+    deardiary_server.add_fault(
+        FaultRule(kind="status", status=503, count=3, path="^/(metric|parameter)/")
+    )
     deardiary_server.add_fault(FaultRule(kind="drop_after", probability=0.2, path="/metric"))
-    deardiary_server.add_fault(FaultRule(kind="status", status=503, probability=0.1))
     logger = DearDiaryLogger(url=deardiary_server.url, store=str(tmp_path / "spool"))
     fit_and_test(logger)
     logger.end()
 
     fired = deardiary_server.stats["faults"]
-    assert fired["drop_after"] >= 2 and fired["status"] >= 2, fired
+    assert fired["drop_after"] >= 2 and fired["status"] == 3, fired
     deardiary_server.clear_faults()
     client = dd.connect(deardiary_server.url)
     iteration = only_iteration(client, "default")
