@@ -6,7 +6,7 @@ tags and the model registry in a directory (``./deardiary`` by default), in memo
 DearDiary server's rules and raises the server's errors, so code written against one works on
 the other.
 
-How the data is kept (``docs/local-store.md`` has the full format):
+How the data is kept (the README's "The local store" section has the full format):
 
 - every write is one or a few JSON records appended to this writer's own log (a new object per
   write on object stores, packed into larger new objects every few dozen writes so that reading

@@ -1,8 +1,8 @@
 """The local store's on-disk format: layout, append-only logs and the state rebuilt from them.
 
 :class:`~deardiary_lightning.backends.local.LocalBackend` applies DearDiary's rules on top of
-these pieces; ``docs/local-store.md`` describes the format for people who read a store with
-ordinary tools.
+these pieces; the README's "The local store" section describes the format for people who read a
+store with ordinary tools.
 """
 
 from deardiary_lightning.store.layout import (
