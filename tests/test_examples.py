@@ -119,3 +119,28 @@ def test_quickstart_notebook(workdir: Path, monkeypatch: pytest.MonkeyPatch):
     assert any("test accuracy" in o.get("text", "") for o in outputs)
     (iteration,) = iterations(workdir / "examples", "quickstart")
     assert iteration.status is dd.IterationStatus.SUCCEEDED
+
+
+def test_client_demo_on_the_local_store(workdir: Path):
+    out = run_example(workdir, "examples/client_demo.py")
+    assert f"recorded in file://{workdir / 'deardiary'}" in out
+
+    client = dd.connect(str(workdir / "deardiary"))
+    (project,) = client.get_projects()
+    (experiment,) = client.get_experiments(project.id)
+    (iteration,) = client.get_iterations(experiment.id)
+    assert iteration.status is dd.IterationStatus.SUCCEEDED
+    loss = [m.value for m in client.get_metrics(iteration.id) if m.key == "train_loss"]
+    assert len(loss) == 5 and loss == sorted(loss, reverse=True)
+    params = {p.key: p.value for p in client.get_parameters(iteration.id)}
+    assert params == {"lr": "0.1", "epochs": "5", "optimizer": "sgd", "nesterov": "true"}
+
+
+def test_client_demo_on_a_server(workdir: Path, deardiary_server):
+    out = run_example(workdir, "examples/client_demo.py", deardiary_server.url)
+    assert f"recorded in {deardiary_server.url}" in out
+    rows = deardiary_server.query("SELECT key, step FROM metric ORDER BY key, step")
+    assert [(r["key"], r["step"]) for r in rows] == [
+        (key, step) for key in ("lr", "train_loss") for step in range(5)
+    ]
+    assert not (workdir / "deardiary").exists()
