@@ -51,6 +51,7 @@ from deardiary_lightning.entities import (
     Resource,
     Tag,
     User,
+    _Entity,
 )
 from deardiary_lightning.errors import (
     BadRequestError,
@@ -76,6 +77,7 @@ __all__ = ["APP_NAME", "LocalBackend"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+E = TypeVar("E", bound=_Entity)
 
 #: ``Health.app_name`` of a local store.
 APP_NAME = "DearDiary local store"
@@ -265,6 +267,20 @@ class LocalBackend(Backend):
         for record in records:
             self._state.apply((record["t"], self._writer_id, record["n"]), record)
 
+    def _get(self, kind: str, cls: type[E], row_id: Id) -> E | None:
+        """Read one row of ``kind`` as a record, or ``None``."""
+        with self._reading():
+            row = self._row(kind, row_id)
+            return None if row is None else cls.from_wire(row)
+
+    def _list(
+        self, kind: str, cls: type[E], parent_id: Id, page: Pagination
+    ) -> PaginatedResponse[E]:
+        """Read one page of the rows of ``kind`` under a parent, oldest first."""
+        with self._reading(page) as state:
+            rows = state.rows_under(kind, parent_id)
+            return cast(PaginatedResponse[E], _paged(rows, page, cls.from_wire))
+
     def _row(self, kind: str, row_id: Id) -> dict[str, Any] | None:
         """Return a row, reading other writers' records once more if it is not known yet."""
         row = self._state.row(kind, row_id)
@@ -338,9 +354,7 @@ class LocalBackend(Backend):
 
     def get_project(self, project_id: Id) -> Project | None:
         """Return a project, or ``None``."""
-        with self._reading():
-            row = self._row("project", project_id)
-            return None if row is None else Project.from_wire(row)
+        return self._get("project", Project, project_id)
 
     def list_projects(self) -> list[Project]:
         """Return every project, oldest first."""
@@ -372,15 +386,11 @@ class LocalBackend(Backend):
 
     def get_experiment(self, experiment_id: Id) -> Experiment | None:
         """Return an experiment, or ``None``."""
-        with self._reading():
-            row = self._row("experiment", experiment_id)
-            return None if row is None else Experiment.from_wire(row)
+        return self._get("experiment", Experiment, experiment_id)
 
     def list_experiments(self, project_id: Id, page: Pagination) -> PaginatedResponse[Experiment]:
         """Return one page of a project's experiments, oldest first."""
-        with self._reading(page) as state:
-            rows = state.rows_under("experiment", project_id)
-            return cast(PaginatedResponse[Experiment], _paged(rows, page, Experiment.from_wire))
+        return self._list("experiment", Experiment, project_id, page)
 
     def update_experiment(
         self,
@@ -457,15 +467,11 @@ class LocalBackend(Backend):
 
     def get_iteration(self, iteration_id: Id) -> Iteration | None:
         """Return an iteration, or ``None``."""
-        with self._reading():
-            row = self._row("iteration", iteration_id)
-            return None if row is None else Iteration.from_wire(row)
+        return self._get("iteration", Iteration, iteration_id)
 
     def list_iterations(self, experiment_id: Id, page: Pagination) -> PaginatedResponse[Iteration]:
         """Return one page of an experiment's iterations (children included), oldest first."""
-        with self._reading(page) as state:
-            rows = state.rows_under("iteration", experiment_id)
-            return cast(PaginatedResponse[Iteration], _paged(rows, page, Iteration.from_wire))
+        return self._list("iteration", Iteration, experiment_id, page)
 
     def list_child_iterations(self, iteration_id: Id) -> list[Iteration]:
         """Return the direct children of an iteration, oldest first."""
@@ -565,15 +571,11 @@ class LocalBackend(Backend):
 
     def get_parameter(self, parameter_id: Id) -> Parameter | None:
         """Return a parameter, or ``None``."""
-        with self._reading():
-            row = self._row("parameter", parameter_id)
-            return None if row is None else Parameter.from_wire(row)
+        return self._get("parameter", Parameter, parameter_id)
 
     def list_parameters(self, iteration_id: Id, page: Pagination) -> PaginatedResponse[Parameter]:
         """Return one page of an iteration's parameters, oldest first."""
-        with self._reading(page) as state:
-            rows = state.rows_under("parameter", iteration_id)
-            return cast(PaginatedResponse[Parameter], _paged(rows, page, Parameter.from_wire))
+        return self._list("parameter", Parameter, iteration_id, page)
 
     def update_parameter(self, parameter_id: Id, *, key: str | None, value: str | None) -> None:
         """Change a parameter of an open iteration."""
@@ -837,15 +839,11 @@ class LocalBackend(Backend):
 
     def get_resource(self, resource_id: Id) -> Resource | None:
         """Return a resource's metadata, or ``None``."""
-        with self._reading():
-            row = self._row("resource", resource_id)
-            return None if row is None else Resource.from_wire(row)
+        return self._get("resource", Resource, resource_id)
 
     def list_resources(self, experiment_id: Id, page: Pagination) -> PaginatedResponse[Resource]:
         """Return one page of an experiment's resources, oldest first."""
-        with self._reading(page) as state:
-            rows = state.rows_under("resource", experiment_id)
-            return cast(PaginatedResponse[Resource], _paged(rows, page, Resource.from_wire))
+        return self._list("resource", Resource, experiment_id, page)
 
     def update_resource(
         self,
@@ -939,15 +937,11 @@ class LocalBackend(Backend):
 
     def get_model(self, model_id: Id) -> Model | None:
         """Return a model, or ``None``."""
-        with self._reading():
-            row = self._row("model", model_id)
-            return None if row is None else Model.from_wire(row)
+        return self._get("model", Model, model_id)
 
     def list_models(self, project_id: Id, page: Pagination) -> PaginatedResponse[Model]:
         """Return one page of a project's models, oldest first."""
-        with self._reading(page) as state:
-            rows = state.rows_under("model", project_id)
-            return cast(PaginatedResponse[Model], _paged(rows, page, Model.from_wire))
+        return self._list("model", Model, project_id, page)
 
     def update_model(self, model_id: Id, *, name: str | None, description: str | None) -> None:
         """Rename or describe a model (no rename once it has versions)."""
@@ -1030,9 +1024,7 @@ class LocalBackend(Backend):
 
     def get_model_version(self, version_id: Id) -> ModelVersion | None:
         """Return a model version, or ``None``."""
-        with self._reading():
-            row = self._row("model_version", version_id)
-            return None if row is None else ModelVersion.from_wire(row)
+        return self._get("model_version", ModelVersion, version_id)
 
     def list_model_versions(
         self, model_id: Id, page: Pagination
