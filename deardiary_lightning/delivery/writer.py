@@ -18,7 +18,9 @@ Threads and queues::
   recorded calls into operations, and hands them to the senders. Values of one step become one
   batch request (calls of the same step in one cycle are merged while their keys differ);
   ``step=None`` is resolved here to the key's next step. Each batch gets its fingerprint
-  (:mod:`~.verify`).
+  (:mod:`~.verify`). The pump never waits on the server: whatever needs an answer (checks,
+  probes, reading a resumed iteration's last steps) is work for a sender, so the pump can
+  always spool on time, and close() can always stop it.
 - **Sender threads** deliver operations concurrently, with two rules that keep every series in
   order: two batches of the same step are never in flight together, and parameters, tags, notes
   and the end of the run go one at a time, in the order they were logged.
@@ -207,7 +209,12 @@ class _Drain:
     """Compare the spool with the server and return what the server lacks."""
 
 
-_Work = Union[_Op, _Verify, _Probe, _Drain]
+@dataclass(eq=False)
+class _Load:
+    """Read a resumed iteration's last step per key and its parameters."""
+
+
+_Work = Union[_Op, _Verify, _Probe, _Drain, _Load]
 
 # Outcomes a sender reports to the pump.
 _OK = "ok"
@@ -217,6 +224,7 @@ _IS_DOWN = "down"
 _CHECKED = "checked"
 _PROBED = "probed"
 _DRAINED = "drained"
+_LOADED = "loaded"
 _LANE_DOWN = "lane-down"
 
 
@@ -533,6 +541,7 @@ class RunWriter:
         self._unsettled = 0  # read by other threads (an int read is atomic)
         self._param_state: dict[str, tuple[Id, str]] = {}  # senders, one meta op at a time
         self._loaded = not resumed
+        self._loading = False
 
         # Threads and signals.
         self._wake = threading.Event()
@@ -590,8 +599,13 @@ class RunWriter:
 
     @property
     def pending(self) -> int:
-        """Logged operations not delivered yet (nor spooled while the server is down)."""
-        return len(self._inbox) + self._unsettled + self._lane.pending
+        """Logged operations not delivered yet (nor spooled while the server is down).
+
+        While the spool is being compared with a server that answers again, its contents count
+        as one pending operation until the comparison tells what is left to send.
+        """
+        draining = 1 if self._mode == _DRAINING else 0
+        return len(self._inbox) + self._unsettled + self._lane.pending + draining
 
     # -- logging calls (calling thread) -------------------------------------------------------
 
@@ -853,31 +867,37 @@ class RunWriter:
 
     def _cycle(self) -> None:
         """One pump cycle."""
-        if not self._loaded and self._mode == _LIVE:
-            self._load_resumed()
-        self._take_inbox()
+        if not self._loaded and not self._loading and self._mode == _LIVE:
+            # The pump never waits on the network: a sender reads the resumed iteration, and
+            # the calls recorded meanwhile stay in the inbox (automatic steps need the reading).
+            self._loading = True
+            self._work.put(_Load())
+        if not self._loading:
+            self._take_inbox()
         self._handle_results()
         if self._mode == _DOWN:
             self._maybe_probe()
         self._spool_overdue()
         self._dispatch()
 
-    def _load_resumed(self) -> None:
-        """For a resumed iteration: read its steps and parameters once (for upserts, auto steps)."""
-        assert self._ids is not None and self._remote is not None
-        try:
-            for row in self._remote.get_metrics(self._ids.iteration_id):
-                if row.step > self._max_step.get(row.key, -1):
-                    self._max_step[row.key] = row.step
-            for parameter in self._remote.get_parameters(self._ids.iteration_id):
-                self._param_state[parameter.key] = (parameter.id, parameter.value)
-        except DearDiaryError as exc:
+    def _loaded_resumed(self, detail: Any) -> None:
+        """Apply what a sender read of the resumed iteration (its steps and parameters)."""
+        self._loading = False
+        self._loaded = True
+        self._wake.set()
+        if isinstance(detail, BaseException):
             logger.warning(
                 "could not read the resumed iteration %s (%s); automatic steps restart at 0",
-                self._ids.iteration_id,
-                exc,
+                self.iteration_id,
+                detail,
             )
-        self._loaded = True
+            return
+        steps, parameters = detail
+        for key, step in steps.items():
+            if step > self._max_step.get(key, -1):
+                self._max_step[key] = step
+        for key, state in parameters.items():
+            self._param_state.setdefault(key, state)
 
     # taking calls ...............................................................................
 
@@ -1126,6 +1146,8 @@ class RunWriter:
                     self._work.put(_Drain())
                 else:
                     self._schedule_probe()
+            elif outcome == _LOADED:
+                self._loaded_resumed(detail)
             elif outcome == _DRAINED:
                 self._special_busy = False
                 if detail is None:
@@ -1213,6 +1235,12 @@ class RunWriter:
 
     def _give_up(self) -> None:
         """Closing: spool whatever is still held in memory."""
+        if self._loading:
+            logger.warning(
+                "the writer closed before the resumed iteration %s could be read; automatic "
+                "steps logged since it was resumed start at 0",
+                self.iteration_id,
+            )
         self._take_inbox()
         self._handle_results()
         held = (
@@ -1291,6 +1319,8 @@ class RunWriter:
                 return _DRAINED, work, self._drain()
             except _Down:
                 return _DRAINED, work, None
+        if isinstance(work, _Load):
+            return _LOADED, work, self._read_resumed()
         try:
             self._send(work)
         except _Ambiguous as exc:
@@ -1434,6 +1464,23 @@ class RunWriter:
             tags = self._call(lambda c: c.get_tags(iteration_id), idempotent=True)
             return None if any(tag.value == op.value for tag in tags) else op
         return op
+
+    def _read_resumed(
+        self,
+    ) -> tuple[dict[str, int], dict[str, tuple[Id, str]]] | BaseException:
+        """Read a resumed iteration's last step per key and its parameters, or the error."""
+        assert self._ids is not None
+        iteration_id = self._ids.iteration_id
+        try:
+            rows = self._call(lambda c: c.get_metrics(iteration_id), idempotent=True)
+            parameters = self._call(lambda c: c.get_parameters(iteration_id), idempotent=True)
+        except (_Down, DearDiaryError) as exc:
+            return exc
+        steps: dict[str, int] = {}
+        for row in rows:
+            if row.step > steps.get(row.key, -1):
+                steps[row.key] = row.step
+        return steps, {p.key: (p.id, p.value) for p in parameters}
 
     def _probe(self) -> BaseException | None:
         """Return ``None`` when the server answers (and the run exists there), else the error."""
