@@ -29,7 +29,10 @@ def main() -> None:
     step = 0
     while limit is None or step < limit:
         run.log_metrics({f"m{k}": float(step * 10 + k) for k in range(8)}, step=step)
-        print("STEP", step, time.time(), flush=True)
+        # One write per line: print() hands its pieces to the stream one by one, and a process
+        # killed (or signalled) between two of them leaves a torn last line.
+        sys.stdout.write(f"STEP {step} {time.time()}\n")
+        sys.stdout.flush()
         step += 1
         time.sleep(0.01 if limit is None else 0.0)
 
