@@ -19,7 +19,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import requests
 
@@ -32,6 +31,7 @@ from tests.deardiary_server import (
     terminate,
 )
 from tests.deardiary_server._auth import issue_token, sign_claims
+from tests.support import PeakRSS
 
 Factory = Callable[..., DearDiaryTestServer]
 GENERIC_400 = {"message": "400: Bad Request"}
@@ -665,33 +665,6 @@ def test_chunked_upload_is_read(api: Api) -> None:
     assert api.get("/health").status_code == 200, "the connection stays usable"
 
 
-class _PeakRSS:
-    """Sample a process's resident memory in a background thread and keep the peak."""
-
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.baseline = self.process.memory_info().rss
-        self.peak = self.baseline
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __enter__(self) -> _PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def growth_mb(self) -> float:
-        return float(self.peak - self.baseline) / 2**20
-
-
 def test_uploads_and_downloads_stream_through_the_server(tmp_path: Path) -> None:
     size = 50 * 2**20
     block = os.urandom(2**20)
@@ -721,7 +694,7 @@ def test_uploads_and_downloads_stream_through_the_server(tmp_path: Path) -> None
         _, experiment, _ = _tree(api)
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         for label, data in (("content-length", None), ("chunked", chunked())):
-            with _PeakRSS(process.pid) as memory:
+            with PeakRSS(process.pid) as memory:
                 if data is None:
                     with body_file.open("rb") as stream:
                         response = api.post(
@@ -737,7 +710,7 @@ def test_uploads_and_downloads_stream_through_the_server(tmp_path: Path) -> None
             print(f"{label} upload: server grew {memory.growth_mb:.1f} MB")
             assert memory.growth_mb < 20, f"{label} upload grew the server by {memory.growth_mb}"
 
-        with _PeakRSS(process.pid) as memory:
+        with PeakRSS(process.pid) as memory:
             received = hashlib.sha256()
             with api.get(f"/resource/{response.json()['resource_id']}/data", stream=True) as down:
                 for piece in down.iter_content(2**20):

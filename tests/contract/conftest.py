@@ -13,7 +13,6 @@ never see each other's rows.
 from __future__ import annotations
 
 import dataclasses
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 import deardiary_lightning as dd
+from tests.support import local_s3, s3_options
 
 BACKENDS = ["http-int", "http-uuid", "http-int-auth", "http-uuid-auth", "memory", "file", "s3"]
 
@@ -39,13 +39,6 @@ class Run:
     @property
     def is_http(self) -> bool:
         return self.kind.startswith("http")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")
@@ -70,35 +63,8 @@ def _http_servers() -> Iterator[dict[str, Any]]:
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A local S3-compatible server (moto) with a bucket named ``deardiary-tests``."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    import boto3
-
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    ).create_bucket(Bucket="deardiary-tests")
-    try:
+    with local_s3("deardiary-tests") as endpoint:
         yield endpoint
-    finally:
-        server.stop()
-
-
-def s3_options(endpoint: str) -> dict[str, Any]:
-    """fsspec options that point s3fs at the local endpoint."""
-    return {
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-        "skip_instance_cache": True,
-    }
 
 
 def make_client(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> dd.Client:

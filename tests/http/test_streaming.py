@@ -4,46 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 import deardiary_lightning as dd
 from tests.deardiary_server import server_in_subprocess
+from tests.support import PeakRSS
 
 SIZE_MB = 400
 #: How much the client process may grow while moving the file (buffers, pools, Python objects).
 ALLOWED_GROWTH_MB = 64
-
-
-class PeakRSS:
-    """Sample this process's resident memory every few milliseconds and keep the peak."""
-
-    def __init__(self) -> None:
-        self.process = psutil.Process()
-        self.baseline = self.process.memory_info().rss
-        self.peak = self.baseline
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak - self.baseline) / 2**20
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 
 import deardiary_lightning as dd
+from tests.support import local_s3, s3_options
 
 BUCKET = "deardiary-local-tests"
 
@@ -29,44 +29,11 @@ class StoreSpec:
         return dd.connect(self.url, storage_options=self.storage_options)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 with one bucket; yields its endpoint URL."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="x",
-        aws_secret_access_key="y",
-        region_name="us-east-1",
-    ).create_bucket(Bucket=BUCKET)
-    try:
+    with local_s3(BUCKET) as endpoint:
         yield endpoint
-    finally:
-        server.stop()
-
-
-def s3_options(endpoint: str) -> dict[str, Any]:
-    """fsspec options that point s3fs at the moto endpoint."""
-    return {
-        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-        "key": "x",
-        "secret": "y",
-        "skip_instance_cache": True,
-    }
 
 
 def make_spec(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> StoreSpec:
