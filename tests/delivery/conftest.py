@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -46,6 +49,25 @@ def _no_leftover_writers() -> Iterator[None]:
     for writer in leftovers:
         writer.close(timeout=1.0)
     assert not leftovers, "a test left a run writer open"
+
+
+def wait_for_outage(url: str, timeout: float = 5.0) -> None:
+    """Return once the server at ``url`` refuses connections.
+
+    ``POST /_test/outage`` answers first and starts the outage afterwards, on another thread:
+    when ``RemoteServer.outage`` returns, the server may still accept a few requests.
+    """
+    parts = urlsplit(url)
+    address = (parts.hostname or "127.0.0.1", parts.port or 80)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(address, timeout=1.0):
+                pass
+        except ConnectionRefusedError:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"the server at {url} still accepts connections {timeout} s later")
 
 
 def client_points(client: Any, iteration_id: Any) -> Counter[tuple[str, int, float]]:
