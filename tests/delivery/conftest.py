@@ -66,6 +66,8 @@ def wait_for_outage(url: str, timeout: float = 5.0) -> None:
                 pass
         except ConnectionRefusedError:
             return
+        except ConnectionResetError:
+            pass  # accepted while the listening socket was being closed: look again
         time.sleep(0.005)
     raise AssertionError(f"the server at {url} still accepts connections {timeout} s later")
 
