@@ -73,7 +73,7 @@ def test_close_returns_in_time_when_the_server_never_answers(spool_dir: str, mod
     assert "deardiary: delivering" in err  # the progress line of the bounded wait
     assert f"deardiary-lightning sync {spool_dir} --to {url}" in err
 
-    # Nothing reached the server, and nothing is lost: every point is in the spool, once.
+    # Nothing is lost: every point is in the spool, once, for the sync command to upload.
     spool = deardiary_lightning.connect(spool_dir)
     (project,) = spool.get_projects()
     (experiment,) = spool.get_experiments(project.id)
