@@ -20,7 +20,6 @@ per write as format 1 stores it, and once with packs, closed normally and cut of
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import uuid
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -87,30 +87,19 @@ def _timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 def _s3_readback(points: int, keys: list[str]) -> None:
     """Write a run to moto's S3 with and without packs; time reading it back."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
     from deardiary_lightning.backends.local import LocalBackend
     from deardiary_lightning.store import log as store_log
+    from tests.support import local_s3, s3_options
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    options = {
-        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-        "key": "x",
-        "secret": "y",
-    }
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="x",
-        aws_secret_access_key="y",
-        region_name="us-east-1",
-    ).create_bucket(Bucket="bench")
+    with local_s3("bench") as endpoint:
+        _s3_cases(points, keys, s3_options(endpoint), LocalBackend, store_log)
+
+
+def _s3_cases(
+    points: int, keys: list[str], options: dict[str, Any], backend_type: Any, store_log: Any
+) -> None:
+    """Time the S3 layouts against one endpoint."""
+    LocalBackend = backend_type
     steps = points // len(keys)
     default_fanout = store_log.PACK_FANOUT
     cases = [("no packs (format 1)", 0, True), ("packs, closed", default_fanout, True)]
@@ -144,7 +133,6 @@ def _s3_readback(points: int, keys: list[str]) -> None:
             )
     finally:
         store_log.PACK_FANOUT = default_fanout
-        server.stop()
 
 
 def main() -> None:

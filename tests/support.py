@@ -4,6 +4,7 @@ and a resident-memory sampler."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import threading
@@ -31,6 +32,8 @@ def local_s3(*buckets: str) -> Iterator[str]:
     import boto3
     from moto.server import ThreadedMotoServer
 
+    # moto serves through werkzeug, which logs every request at INFO.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
