@@ -551,6 +551,7 @@ class RunWriter:
         self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._lane = ResourceLane(self)
         self._closing = False
+        self._final_probe = False  # close() waits for one more probe of a server that was down
         self._abandon = False
         self._sender_count = senders if self._remote is not None or spool is not None else 1
         self._threads = [
@@ -791,10 +792,14 @@ class RunWriter:
         limit = self._close_timeout if timeout is None else timeout
         start = time.monotonic()
         self._closing = True
+        if self._mode == _DOWN and self._spool is not None:
+            # The server may be back without the writer knowing yet (probes back off): ask
+            # once more now rather than leave the run in the spool for a manual sync.
+            self._final_probe = True
         self._wake.set()
         progress = _Progress(self.url)
         with self._settled:
-            while self.pending:
+            while self.pending or self._final_probe:
                 waited = time.monotonic() - start
                 if waited >= limit:
                     break
@@ -877,6 +882,8 @@ class RunWriter:
         self._handle_results()
         if self._mode == _DOWN:
             self._maybe_probe()
+        elif self._final_probe:
+            self._final_probe = False  # the server came back meanwhile: pending tells the rest
         self._spool_overdue()
         self._dispatch()
 
@@ -1146,6 +1153,8 @@ class RunWriter:
                     self._work.put(_Drain())
                 else:
                     self._schedule_probe()
+                # After the mode (close() reads both): a drain now counts as pending.
+                self._final_probe = False
             elif outcome == _LOADED:
                 self._loaded_resumed(detail)
             elif outcome == _DRAINED:
@@ -1205,7 +1214,7 @@ class RunWriter:
             if self._spool is None and not self._special_busy and not self._inflight:
                 self._mode = _LIVE
             return
-        if time.monotonic() < self._next_probe or self._abandon:
+        if (time.monotonic() < self._next_probe and not self._final_probe) or self._abandon:
             return
         self._special_busy = True
         self._work.put(_Probe())

@@ -227,3 +227,38 @@ def test_flush_waits_for_the_spool_to_drain_once_the_server_answers(
     assert run.flush(timeout=20)
     assert server_points(server, run.iteration_id) == expected_points(20, 8)
     run.close()
+
+
+def test_close_asks_once_more_whether_a_server_that_was_down_is_back(
+    deardiary_server_factory: Any, spool_dir: str, caplog: Any
+) -> None:
+    caplog.set_level(logging.WARNING, logger="deardiary_lightning.delivery")
+    server = deardiary_server_factory()
+    run = open_run(
+        server.url,
+        project="back",
+        experiment="e",
+        spool=spool_dir,
+        flush_interval=0.05,
+        retry=RetryPolicy(initial=0.02, maximum=0.1, budget=0.3, probe_interval=5.0),
+    )
+    server.begin_outage()
+    for step in range(20):
+        run.log_metrics(values(step, 8), step=step)
+    assert run.flush(timeout=10)  # all spooled: the server is down
+
+    # The server listens again, but its probes keep failing until just before close().
+    server.add_fault(FaultRule(kind="status", status=503, path=r"^/health"))
+    server.end_outage()
+    deadline = time.monotonic() + 10
+    while not server.stats["faults"]["status"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.stats["faults"]["status"], "the writer never probed the server"
+    run.end("SUCCEEDED")
+    server.clear_faults()
+    run.close(timeout=10)
+
+    assert server_points(server, run.iteration_id) == expected_points(20, 8)
+    (row,) = server.query("SELECT status_id FROM iteration WHERE id = ?", (run.iteration_id,))
+    assert row["status_id"] == 2
+    assert not any("deardiary-lightning sync" in r.getMessage() for r in caplog.records)
