@@ -551,7 +551,9 @@ class RunWriter:
         self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._lane = ResourceLane(self)
         self._closing = False
-        self._final_probe = False  # close() waits for one more probe of a server that was down
+        # close() waits for one more probe of a server that was down, sent after it began:
+        # 0 none, 1 asked for, 2 sent (read by the closing thread).
+        self._final_probe = 0
         self._abandon = False
         self._sender_count = senders if self._remote is not None or spool is not None else 1
         self._threads = [
@@ -795,7 +797,7 @@ class RunWriter:
         if self._mode == _DOWN and self._spool is not None:
             # The server may be back without the writer knowing yet (probes back off): ask
             # once more now rather than leave the run in the spool for a manual sync.
-            self._final_probe = True
+            self._final_probe = 1
         self._wake.set()
         progress = _Progress(self.url)
         with self._settled:
@@ -883,7 +885,7 @@ class RunWriter:
         if self._mode == _DOWN:
             self._maybe_probe()
         elif self._final_probe:
-            self._final_probe = False  # the server came back meanwhile: pending tells the rest
+            self._final_probe = 0  # the server came back meanwhile: pending tells the rest
         self._spool_overdue()
         self._dispatch()
 
@@ -1153,8 +1155,10 @@ class RunWriter:
                     self._work.put(_Drain())
                 else:
                     self._schedule_probe()
-                # After the mode (close() reads both): a drain now counts as pending.
-                self._final_probe = False
+                # After the mode (close() reads both): a drain now counts as pending. A probe
+                # sent before close() began does not answer close()'s question.
+                if detail is None or self._final_probe == 2:
+                    self._final_probe = 0
             elif outcome == _LOADED:
                 self._loaded_resumed(detail)
             elif outcome == _DRAINED:
@@ -1214,8 +1218,10 @@ class RunWriter:
             if self._spool is None and not self._special_busy and not self._inflight:
                 self._mode = _LIVE
             return
-        if (time.monotonic() < self._next_probe and not self._final_probe) or self._abandon:
+        if (time.monotonic() < self._next_probe and self._final_probe != 1) or self._abandon:
             return
+        if self._final_probe == 1:
+            self._final_probe = 2
         self._special_busy = True
         self._work.put(_Probe())
 

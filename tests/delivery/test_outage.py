@@ -256,7 +256,7 @@ def test_close_asks_once_more_whether_a_server_that_was_down_is_back(
     assert server.stats["faults"]["status"], "the writer never probed the server"
     run.end("SUCCEEDED")
     server.clear_faults()
-    run.close(timeout=10)
+    run.close(timeout=30)  # returns as soon as all is delivered
 
     assert server_points(server, run.iteration_id) == expected_points(20, 8)
     (row,) = server.query("SELECT status_id FROM iteration WHERE id = ?", (run.iteration_id,))
