@@ -30,6 +30,7 @@ import email.utils
 import json
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -120,7 +121,7 @@ class HTTPBackend(Backend):
             raise ValueError(msg)
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self._session = session or requests.Session()
+        self._session = session or _session_for(self.url)
         self._username = username
         self._password = password
         self._token = token
@@ -687,6 +688,27 @@ class HTTPBackend(Backend):
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _session_for(url: str) -> requests.Session:
+    """Open a session that reads the environment's network settings once, not per request.
+
+    By default ``requests`` looks up proxies and ``NO_PROXY`` (a scan of every environment
+    variable, twice), CA bundles and ``.netrc`` on every request: about a quarter of the CPU
+    a small request costs. For one base URL the answers do not change, so they are read here,
+    with the same rules, and the per-request lookup is turned off. A session passed by the
+    caller is used as it is.
+    """
+    session = requests.Session()
+    session.proxies.update(requests.utils.get_environ_proxies(url))
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        session.verify = bundle
+    netrc = requests.utils.get_netrc_auth(url)
+    if netrc:
+        session.auth = netrc
+    session.trust_env = False
+    return session
 
 
 def _path(template: str, entity_id: Id) -> str:
