@@ -112,8 +112,8 @@ PROGRESS_AFTER = 1.0
 #: Seconds close() gives the background threads to stop once everything is spooled.
 STOP_GRACE = 0.5
 
-#: Most metric batches written together to a store that takes many steps in one write.
-GROUP_LIMIT = 1000
+#: Points written together (at least one batch) to a store that takes many steps in one write.
+GROUP_POINTS = 5000
 
 #: Fingerprints remembered per step to keep them unique (older steps are forgotten).
 _FINGERPRINT_MEMORY = 65536
@@ -1126,14 +1126,16 @@ class RunWriter:
             self._work.put(op)
 
     def _take_group(self) -> _Group:
-        """Take the batches at the head of the outbox (up to :data:`GROUP_LIMIT`) as one group."""
+        """Take the batches at the head of the outbox (about :data:`GROUP_POINTS`) as one group."""
         outbox = self._outbox
         batches: list[_Batch] = []
-        while outbox and len(batches) < GROUP_LIMIT:
+        points = 0
+        while outbox and points < GROUP_POINTS:
             op = outbox[0]
             if not isinstance(op, _Batch):
                 break
             batches.append(op)
+            points += len(op.items)
             outbox.popleft()
         return _Group(batches[0].logged, batches=batches)
 

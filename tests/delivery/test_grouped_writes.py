@@ -99,3 +99,22 @@ def test_grouped_writes_that_fail_are_checked_and_completed_exactly_once(
     fresh = deardiary_lightning.connect(url)
     assert client_points(fresh, run.iteration_id) == expected_points(600, 4)
     assert {(p.key, p.value) for p in fresh.get_parameters(run.iteration_id)} == {("phase", "550")}
+
+
+def test_a_group_stays_near_its_point_limit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    url = str(tmp_path / "store")
+    store = _CountingStore(url)
+    monkeypatch.setattr(writer_module, "GROUP_POINTS", 10)
+    run = _open(monkeypatch, store, url)
+    for step in range(100):
+        run.log_metrics(values(step, 3), step=step)
+    assert run.flush(timeout=30)
+    run.close()
+
+    assert max(store.writes) <= 12  # whole batches: at most four steps of three values
+    assert len(store.writes) >= 25
+    assert sum(store.writes) == 300
+    fresh = deardiary_lightning.connect(url)
+    assert client_points(fresh, run.iteration_id) == expected_points(100, 3)
