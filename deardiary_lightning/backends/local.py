@@ -171,7 +171,7 @@ class LocalBackend(Backend):
         self._record_number = 0
         self._last_t = 0
         self._last_refresh = -math.inf
-        self._unsure_ids: dict[tuple[Id, str, int, str], str] = {}
+        self._unsure_ids: dict[tuple[Id, str, int, str, int], str] = {}
         self._refresh(force=True)
 
     def __repr__(self) -> str:
@@ -678,9 +678,9 @@ class LocalBackend(Backend):
         """Create points of many steps in one durable write: one record per step, one sync.
 
         When the write fails, the ids given to its points are remembered and given again to
-        the same points (same key, step and ``recorded_at``) when they are written again: a
-        record that reached the disk despite the error and its rewrite then hold the same
-        rows, never two copies.
+        the same points (same key, step and ``recorded_at``, and the same place among equal
+        ones) when they are written again: a record that reached the disk despite the error
+        and its rewrite then hold the same rows, never two copies.
         """
         with self._lock:
             self._open_iteration(iteration_id, "POST", "cannot log metrics")
@@ -688,7 +688,7 @@ class LocalBackend(Backend):
                 self._ensure_writer()
             records: list[Record] = []
             retried = self._unsure_ids
-            used: dict[tuple[Id, str, int, str], str] = {}
+            used: dict[tuple[Id, str, int, str, int], str] = {}
             for step, when, items in group_points(points):
                 at = format_datetime(when)
                 values: dict[str, float] = {}
@@ -698,7 +698,12 @@ class LocalBackend(Backend):
                     values[key] = self._check_finite("POST", value)
                 rows: list[list[Any]] = []
                 for key, value in values.items():
-                    ident = (iteration_id, key, step, at)
+                    # The same key, step and time twice in one call are two rows: the n-th
+                    # of them is told apart by n.
+                    occurrence = 0
+                    while (iteration_id, key, step, at, occurrence) in used:
+                        occurrence += 1
+                    ident = (iteration_id, key, step, at, occurrence)
                     metric_id = retried.pop(ident, None) if retried else None
                     if metric_id is None:
                         metric_id = self._new_id()

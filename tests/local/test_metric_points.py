@@ -117,3 +117,38 @@ def test_a_failed_write_done_again_leaves_one_copy(
         (key, step) for key, _, step, _ in points
     )
     assert len(rows) == len(points)
+
+
+def test_the_same_point_twice_in_one_call_gives_two_rows_even_when_written_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = str(tmp_path / "store")
+    client = dd.connect(url)
+    iteration = _run(client)
+    later = START + timedelta(seconds=1)
+    points = [("loss", 1.0, 0, START), ("acc", 0.5, 0, later), ("loss", 2.0, 0, START)]
+    real_sync = getattr(os, "fdatasync", os.fsync)
+    failures = [OSError(5, "Input/output error")]
+
+    def flaky_sync(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", flaky_sync, raising=False)
+    monkeypatch.setattr(os, "fsync", flaky_sync)
+
+    with pytest.raises(ResponseLostError):
+        client.backend.log_metric_points(iteration, points)
+    ids = client.backend.log_metric_points(iteration, points)
+    client.close()
+
+    assert len(set(ids)) == 3
+    fresh = dd.connect(url)
+    rows = fresh.get_metrics(iteration)
+    fresh.close()
+    assert sorted((row.key, row.value) for row in rows) == [
+        ("acc", 0.5),
+        ("loss", 1.0),
+        ("loss", 2.0),
+    ]
