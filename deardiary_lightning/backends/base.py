@@ -46,7 +46,17 @@ from deardiary_lightning.entities import (
     User,
 )
 
-__all__ = ["Backend", "ReadableStream", "TagTarget", "local_utc_offset"]
+__all__ = [
+    "Backend",
+    "MetricPoint",
+    "ReadableStream",
+    "TagTarget",
+    "group_points",
+    "local_utc_offset",
+]
+
+#: One metric point for :meth:`Backend.log_metric_points`: key, value, step, recorded_at.
+MetricPoint = tuple[str, float, int, datetime]
 
 #: Kinds of entity a tag can be attached to.
 TagTarget = str  # "project" | "experiment" | "iteration"
@@ -77,6 +87,10 @@ class Backend(abc.ABC):
 
     #: Where the backend writes, without credentials (for messages and reprs).
     url: str
+
+    #: Whether :meth:`log_metric_points` writes points of many steps in one durable write
+    #: (rather than one batch per step).
+    points_in_one_write: bool = False
 
     # -- session ------------------------------------------------------------------------------
 
@@ -235,6 +249,22 @@ class Backend(abc.ABC):
             request order).
         """
 
+    def log_metric_points(self, iteration_id: Id, points: Sequence[MetricPoint]) -> list[Id]:
+        """Create points of several steps, in order; the same key at most once per step.
+
+        Consecutive points sharing a step and a ``recorded_at`` form one batch. This default
+        sends one :meth:`log_metrics` batch after another (one request each on a server, so a
+        failure may leave the first batches written); backends with
+        :attr:`points_in_one_write` write them all in one durable write.
+
+        Returns:
+            The new ids (in no particular order).
+        """
+        ids: list[Id] = []
+        for step, when, items in group_points(points):
+            ids.extend(self.log_metrics(iteration_id, items, step=step, recorded_at=when))
+        return ids
+
     @abc.abstractmethod
     def get_metric(self, metric_id: Id) -> Metric | None:
         """Return a metric point, or ``None``."""
@@ -354,3 +384,16 @@ class Backend(abc.ABC):
         resource_id: Id | None,
     ) -> None:
         """Change a version's stage, description or resource."""
+
+
+def group_points(
+    points: Sequence[MetricPoint],
+) -> list[tuple[int, datetime, list[tuple[str, float]]]]:
+    """Split points into runs of one step and one ``recorded_at``, keeping their order."""
+    groups: list[tuple[int, datetime, list[tuple[str, float]]]] = []
+    for key, value, step, when in points:
+        if groups and groups[-1][0] == step and groups[-1][1] == when:
+            groups[-1][2].append((key, value))
+        else:
+            groups.append((step, when, [(key, value)]))
+    return groups

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
-from deardiary_lightning.backends.base import Backend, TagTarget
+from deardiary_lightning.backends.base import Backend, MetricPoint, TagTarget, group_points
 from deardiary_lightning.entities import (
     AuthInfo,
     Experiment,
@@ -87,6 +87,9 @@ MAX_LIMIT = 200
 
 #: Seconds during which the later pages of a list read reuse the first page's look at the store.
 PAGE_READ_WINDOW = 2.0
+
+#: Point ids of failed writes remembered for their rewrite (older ones are forgotten).
+_UNSURE_MEMORY = 100_000
 
 #: Chunk size for resource bytes.
 CHUNK_SIZE = 1024 * 1024
@@ -150,6 +153,8 @@ class LocalBackend(Backend):
             credentials, a missing drive); nothing was read or written.
     """
 
+    points_in_one_write = True
+
     def __init__(self, url: str, *, storage_options: dict[str, Any]) -> None:
         self._location: StoreLocation = open_location(url, dict(storage_options))
         self.url = self._location.url
@@ -166,6 +171,7 @@ class LocalBackend(Backend):
         self._record_number = 0
         self._last_t = 0
         self._last_refresh = -math.inf
+        self._unsure_ids: dict[tuple[Id, str, int, str, int], str] = {}
         self._refresh(force=True)
 
     def __repr__(self) -> str:
@@ -667,6 +673,59 @@ class LocalBackend(Backend):
             }
             self._commit(method, [record])
             return [cast(str, point[0]) for point in points]
+
+    def log_metric_points(self, iteration_id: Id, points: Sequence[MetricPoint]) -> list[Id]:
+        """Create points of many steps in one durable write: one record per step, one sync.
+
+        When the write fails, the ids given to its points are remembered and given again to
+        the same points (same key, step and ``recorded_at``, and the same place among equal
+        ones) when they are written again: a record that reached the disk despite the error
+        and its rewrite then hold the same rows, never two copies.
+        """
+        with self._lock:
+            self._open_iteration(iteration_id, "POST", "cannot log metrics")
+            if self._writer is None:
+                self._ensure_writer()
+            records: list[Record] = []
+            retried = self._unsure_ids
+            used: dict[tuple[Id, str, int, str, int], str] = {}
+            for step, when, items in group_points(points):
+                at = format_datetime(when)
+                values: dict[str, float] = {}
+                for key, value in items:
+                    if not key:
+                        self._unprocessable("POST", "metric key must not be empty")
+                    values[key] = self._check_finite("POST", value)
+                rows: list[list[Any]] = []
+                for key, value in values.items():
+                    # The same key, step and time twice in one call are two rows: the n-th
+                    # of them is told apart by n.
+                    occurrence = 0
+                    while (iteration_id, key, step, at, occurrence) in used:
+                        occurrence += 1
+                    ident = (iteration_id, key, step, at, occurrence)
+                    metric_id = retried.pop(ident, None) if retried else None
+                    if metric_id is None:
+                        metric_id = self._new_id()
+                    used[ident] = metric_id
+                    rows.append([metric_id, key, value, step])
+                record: Record = {
+                    "op": "metrics",
+                    "iteration_id": iteration_id,
+                    "recorded_at": at,
+                    "points": rows,
+                }
+                records.append(record)
+            if not records:
+                return []
+            try:
+                self._commit("POST", records)
+            except ResponseLostError:
+                if len(retried) + len(used) > _UNSURE_MEMORY:
+                    retried.clear()
+                retried.update(used)
+                raise
+            return [cast(str, row[0]) for record in records for row in record["points"]]
 
     def get_metric(self, metric_id: Id) -> Metric | None:
         """Return a point, or ``None``."""

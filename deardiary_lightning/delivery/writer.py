@@ -20,7 +20,10 @@ Threads and queues::
   ``step=None`` is resolved here to the key's next step. Each batch gets its fingerprint
   (:mod:`~.verify`). The pump never waits on the server: whatever needs an answer (checks,
   probes, reading a resumed iteration's last steps) is work for a sender, so the pump can
-  always spool on time, and close() can always stop it.
+  always spool on time, and close() can always stop it. On a local store, the batches waiting
+  at a cycle go out together as one write (one record per batch, one sync for all), and a
+  finished write does not wake the pump: a run logging every few milliseconds costs a few
+  writes a second, not one per step.
 - **Sender threads** deliver operations concurrently, with two rules that keep every series in
   order: two batches of the same step are never in flight together, and parameters, tags, notes
   and the end of the run go one at a time, in the order they were logged.
@@ -109,6 +112,9 @@ PROGRESS_AFTER = 1.0
 #: Seconds close() gives the background threads to stop once everything is spooled.
 STOP_GRACE = 0.5
 
+#: Points written together (at least one batch) to a store that takes many steps in one write.
+GROUP_POINTS = 5000
+
 #: Fingerprints remembered per step to keep them unique (older steps are forgotten).
 _FINGERPRINT_MEMORY = 65536
 
@@ -157,6 +163,20 @@ class _Batch(_Op):
     when: datetime = datetime.min
     items: list[tuple[str, float]] = field(default_factory=list)
     explicit_time: bool = False
+
+
+@dataclass(eq=False)
+class _Group(_Op):
+    """Consecutive metric batches written in one durable write (stores that can do that)."""
+
+    batches: list[_Batch] = field(default_factory=list)
+
+
+def _unpack(op: _Op) -> list[_Op]:
+    """The operations an operation stands for (a group stands for its batches)."""
+    if isinstance(op, _Group):
+        return list(op.batches)
+    return [op]
 
 
 @dataclass(eq=False)
@@ -556,6 +576,15 @@ class RunWriter:
         self._final_probe = 0
         self._abandon = False
         self._sender_count = senders if self._remote is not None or spool is not None else 1
+        # A store that writes many steps at once (the local store, not a server) gets the
+        # batches of a whole pump cycle in one write: one sync instead of one per step. With a
+        # single sender, the order of every series is the order of the outbox.
+        self._grouping = (
+            spool is None
+            and client is not None
+            and client.backend.points_in_one_write
+            and self._sender_count == 1
+        )
         self._threads = [
             threading.Thread(target=self._sender_main, name=f"deardiary-send-{n}", daemon=True)
             for n in range(self._sender_count)
@@ -1014,7 +1043,7 @@ class RunWriter:
         self._outbox.append(op)
 
     def _settle(self, op: _Op) -> None:
-        self._unsettled -= 1
+        self._unsettled -= len(op.batches) if isinstance(op, _Group) else 1
 
     # spooling ..................................................................................
 
@@ -1084,6 +1113,11 @@ class RunWriter:
             return
         while self._outbox and len(self._inflight) < self._sender_count:
             op = self._outbox[0]
+            if isinstance(op, _Batch) and self._grouping:
+                op = self._take_group()
+                self._inflight[id(op)] = op
+                self._work.put(op)
+                continue
             if isinstance(op, _Batch):
                 if self._inflight_steps[op.step]:
                     return
@@ -1100,9 +1134,25 @@ class RunWriter:
             self._inflight[id(op)] = op
             self._work.put(op)
 
+    def _take_group(self) -> _Group:
+        """Take the batches at the head of the outbox (about :data:`GROUP_POINTS`) as one group."""
+        outbox = self._outbox
+        batches: list[_Batch] = []
+        points = 0
+        while outbox and points < GROUP_POINTS:
+            op = outbox[0]
+            if not isinstance(op, _Batch):
+                break
+            batches.append(op)
+            points += len(op.items)
+            outbox.popleft()
+        return _Group(batches[0].logged, batches=batches)
+
     def _release(self, op: _Op) -> None:
         """Forget an operation that came back from a sender."""
         self._inflight.pop(id(op), None)
+        if isinstance(op, _Group):
+            return
         if isinstance(op, _Batch):
             self._inflight_steps[op.step] -= 1
             if not self._inflight_steps[op.step]:
@@ -1128,11 +1178,11 @@ class RunWriter:
                 logger.error("DearDiary refused an operation, which is dropped: %s", detail)
             elif outcome == _UNCERTAIN:
                 self._release(subject)
-                self._uncertain.append((subject, detail))
+                self._uncertain.extend((op, detail) for op in _unpack(subject))
             elif outcome == _IS_DOWN:
                 if isinstance(subject, _Op):
                     self._release(subject)
-                    self._uncertain.append((subject, detail))
+                    self._uncertain.extend((op, detail) for op in _unpack(subject))
                 else:
                     self._special_busy = False
                     if isinstance(subject, _Verify):
@@ -1259,7 +1309,9 @@ class RunWriter:
         self._take_inbox()
         self._handle_results()
         held = (
-            list(self._inflight.values()) + [op for op, _ in self._uncertain] + list(self._outbox)
+            [op for group in self._inflight.values() for op in _unpack(group)]
+            + [op for op, _ in self._uncertain]
+            + list(self._outbox)
         )
         if not held:
             return
@@ -1316,7 +1368,11 @@ class RunWriter:
                 logger.exception("unexpected error while delivering to DearDiary")
                 result = (_FAILED, work, exc)
             self._results.put(result)
-            self._wake.set()
+            if not self._grouping or result[0] != _OK or self._ended or self._closing:
+                # Grouped writes (the local store) let the batches of a whole pump cycle
+                # gather: the pump picks this result up at its next tick, unless the run is
+                # ending or something needs its attention now.
+                self._wake.set()
 
     def _perform(self, work: _Work) -> tuple[str, Any, Any]:
         """Do one unit of work and describe the outcome."""
@@ -1406,6 +1462,17 @@ class RunWriter:
             self._call(
                 lambda c: c.log_metrics(iteration_id, op.items, step=op.step, recorded_at=op.when),
                 idempotent=False,
+            )
+        elif isinstance(op, _Group):
+            # The values passed the value policy on the calling thread and every ``when`` is a
+            # naive time of the store's clock: what the client would hand the backend.
+            points = [
+                (key, value, batch.step, batch.when)
+                for batch in op.batches
+                for key, value in batch.items
+            ]
+            self._call(
+                lambda c: c.backend.log_metric_points(iteration_id, points), idempotent=False
             )
         elif isinstance(op, _Param):
             self._send_parameter(iteration_id, op)
