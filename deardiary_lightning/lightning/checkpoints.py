@@ -49,13 +49,28 @@ def stage(path: str) -> str:
         OSError: The file can neither be linked nor copied.
     """
     folder = os.path.join(os.path.dirname(os.path.abspath(path)), STAGING_DIR)
-    os.makedirs(folder, exist_ok=True)
     staged = os.path.join(folder, f"{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")
+    for attempt in range(3):
+        # unstage() of an earlier upload removes the folder once it is empty, possibly between
+        # our makedirs and the link: make it again and retry.
+        os.makedirs(folder, exist_ok=True)
+        try:
+            _link_or_copy(path, staged)
+            return staged
+        except FileNotFoundError:
+            if attempt == 2 or not os.path.exists(path):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """Hard-link ``source`` to ``target``, or copy it where links are impossible."""
     try:
-        os.link(path, staged)
-    except OSError:
-        shutil.copyfile(path, staged)
-    return staged
+        os.link(source, target)
+    except FileNotFoundError:
+        raise
+    except OSError:  # another filesystem, or no hard links there
+        shutil.copyfile(source, target)
 
 
 def unstage(staged: str) -> None:

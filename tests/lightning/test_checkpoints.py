@@ -131,3 +131,26 @@ def test_uploads_survive_rotation_deleting_the_file(deardiary_server, tmp_path: 
     assert len({r.content_hash for r in found.values()}) == EPOCHS
     assert all(r.size_bytes > 1000 for r in found.values())
     assert not (Path(saver.dirpath or "") / STAGING_DIR).exists()
+
+
+def test_staging_survives_the_folder_being_removed_by_another_upload(tmp_path: Path, monkeypatch):
+    from deardiary_lightning.lightning import checkpoints
+
+    checkpoint = tmp_path / "last.ckpt"
+    checkpoint.write_bytes(b"weights")
+    real_link = os.link
+    calls = []
+
+    def link_after_a_racing_unstage(source, target):
+        calls.append(target)
+        if len(calls) == 1:
+            # Another upload finished right now and removed the empty staging folder.
+            os.rmdir(os.path.dirname(target))
+        real_link(source, target)
+
+    monkeypatch.setattr(checkpoints.os, "link", link_after_a_racing_unstage)
+    staged = checkpoints.stage(str(checkpoint))
+    assert len(calls) == 2
+    assert Path(staged).read_bytes() == b"weights"
+    checkpoints.unstage(staged)
+    assert not Path(staged).parent.exists()
