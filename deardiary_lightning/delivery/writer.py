@@ -630,6 +630,11 @@ class RunWriter:
         return self._closed
 
     @property
+    def close_timeout(self) -> float:
+        """Longest wait of :meth:`close` when no timeout is given."""
+        return self._close_timeout
+
+    @property
     def pending(self) -> int:
         """Logged operations not delivered yet (nor spooled while the server is down).
 
