@@ -24,7 +24,7 @@ import traceback
 import uuid
 import warnings
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import timedelta
@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 
 #: Longest error text recorded on a failed iteration (the end of the traceback is kept).
 MAX_ERROR_CHARS = 8000
+
+#: Error text of an iteration ended by SIGTERM.
+SIGTERM_TEXT = "SIGTERM: the process was asked to terminate"
 
 #: How long other ranks wait for rank zero's run key under DDP.
 RANK_SYNC_TIMEOUT = timedelta(seconds=120)
@@ -110,8 +113,23 @@ class _Lifecycle:
         self.timeout = timeout
         self.ended = False
         self.exception: BaseException | None = None
+        self.stop_check: Callable[[], bool] | None = None
         self.lock = threading.Lock()
         atexit.register(self.at_exit)
+
+    def watch_sigterm(self, check: Callable[[], bool], before_end: Callable[[], None]) -> None:
+        """Let the delivery layer's SIGTERM handler leave the run to a stopping Trainer."""
+        from deardiary_lightning.delivery import shutdown
+
+        self.stop_check = check
+        shutdown.add_stop_check(check, before_end)
+
+    def _unwatch_sigterm(self) -> None:
+        check, self.stop_check = self.stop_check, None
+        if check is not None:
+            from deardiary_lightning.delivery import shutdown
+
+            shutdown.remove_stop_check(check)
 
     def end(self, status: str, error_message: str | None, timeout: float | None) -> bool:
         """End the iteration once; return whether this call ended it."""
@@ -120,6 +138,7 @@ class _Lifecycle:
                 return False
             self.ended = True
         atexit.unregister(self.at_exit)
+        self._unwatch_sigterm()
         try:
             self.run.end(status, error_message=error_message)
         finally:
@@ -134,6 +153,7 @@ class _Lifecycle:
                 return
             self.ended = True
         atexit.unregister(self.at_exit)
+        self._unwatch_sigterm()
         self.run.close(timeout)
 
     def at_exit(self) -> None:
@@ -166,7 +186,9 @@ class _Lifecycle:
             lifecycle.release(timeout)
             return
         failure = _uncaught_exception() if exiting else None
-        if failure is None:
+        if exiting and failure is None and _sigterm_pending():
+            lifecycle.end("KILLED", SIGTERM_TEXT, timeout)
+        elif failure is None:
             lifecycle.end("SUCCEEDED", None, timeout)
         else:
             status, text = describe_exception(failure)
@@ -187,7 +209,7 @@ def describe_exception(exception: BaseException) -> tuple[str, str]:
     if isinstance(exception, KeyboardInterrupt):
         return "KILLED", "KeyboardInterrupt: interrupted (Ctrl-C)"
     if isinstance(exception, SIGTERMException):
-        return "KILLED", "SIGTERM: the process was asked to terminate"
+        return "KILLED", SIGTERM_TEXT
     if isinstance(exception, SystemExit):
         return "KILLED", f"SystemExit: exit code {exception.code}"
     lines = traceback.format_exception(type(exception), exception, exception.__traceback__)
@@ -195,6 +217,13 @@ def describe_exception(exception: BaseException) -> tuple[str, str]:
     if len(text) > MAX_ERROR_CHARS:
         text = "...\n" + text[-(MAX_ERROR_CHARS - 4) :]
     return "FAILED", text
+
+
+def _sigterm_pending() -> bool:
+    """Tell whether a SIGTERM was left to the Trainer to stop on (see ``delivery.shutdown``)."""
+    from deardiary_lightning.delivery import shutdown
+
+    return shutdown.sigterm_pending()
 
 
 def _uncaught_exception() -> BaseException | None:
@@ -249,7 +278,11 @@ class DearDiaryLogger(Logger):
     iteration ends:
 
     - at once, FAILED with the traceback text, when Lightning reports an exception
-      (``finalize("failed")``), or KILLED on Ctrl-C or SIGTERM;
+      (``finalize("failed")``), or KILLED on Ctrl-C or SIGTERM. On SIGTERM inside Lightning's
+      loops the step in progress finishes first, the best and last checkpoints are uploaded
+      (``log_checkpoints=True``), and the process then terminates by SIGTERM; if that is not
+      over ``delivery.shutdown.LOOP_GRACE`` (30) seconds plus ``close_timeout`` after the
+      signal, or a second SIGTERM comes, the run ends KILLED at once;
     - SUCCEEDED when you call :meth:`end` or leave a ``with DearDiaryLogger(...)`` block;
     - otherwise when the work is over: when the logger object is garbage-collected, or when the
       Python process exits (SUCCEEDED, or FAILED/KILLED when the script ends with an uncaught
@@ -274,8 +307,8 @@ class DearDiaryLogger(Logger):
     process before ``fit`` so the children resume that iteration.
 
     **Checkpoints** (``log_checkpoints``): ``False``, nothing; ``True``, the best and the last
-    checkpoint when fitting ends (or fails); ``"all"``, every checkpoint file as soon as it is
-    saved. Uploads are streamed in the background. Resources are named
+    checkpoint when fitting ends (or fails, or SIGTERM stops it); ``"all"``, every checkpoint
+    file as soon as it is saved. Uploads are streamed in the background. Resources are named
     ``iteration=<id>-epoch=<epoch>-step=<step>-<file name>`` (``iteration=<id>-<file name>``
     when the file name already says ``epoch=<epoch>`` and ``step=<step>``). Deleting
     rotated-out checkpoints and registering the best one as a model version are options of
@@ -492,6 +525,8 @@ class DearDiaryLogger(Logger):
             self._record_start(run)
             collected = weakref.finalize(self, _Lifecycle.collected, lifecycle, self._close_timeout)
             collected.atexit = False
+            ref = weakref.ref(self)
+            lifecycle.watch_sigterm(_stop_check(ref), _before_sigterm_end(ref))
             self._lifecycle = lifecycle
 
         log.info(
@@ -645,19 +680,31 @@ class DearDiaryLogger(Logger):
 
     @override
     def finalize(self, status: str) -> None:
-        """Called by Lightning after each stage: flush on success, end the run on failure."""
+        """Called by Lightning after each stage: flush on success, end the run on failure.
+
+        After a SIGTERM the delivery layer left to the Trainer, the run ends KILLED (with the
+        best and last checkpoints uploaded first) whatever the status; when the Trainer
+        returned normally all the same, the process is then terminated as SIGTERM asked.
+        """
         if rank() != 0:
             return
         lifecycle = self._lifecycle
         if lifecycle is None or lifecycle.ended:
             return
-        if status == "failed":
+        sigterm = _sigterm_pending()
+        if status == "failed" or sigterm:
             self.upload_best_and_last()
             failure = lifecycle.exception or sys.exc_info()[1]
-            if failure is None:
-                self.end("FAILED", "Lightning reported a failure (no exception was available)")
-            else:
+            if failure is not None:
                 self.end(*describe_exception(failure))
+            elif sigterm:
+                self.end("KILLED", SIGTERM_TEXT)
+            else:
+                self.end("FAILED", "Lightning reported a failure (no exception was available)")
+            if sigterm and status != "failed":
+                from deardiary_lightning.delivery import shutdown
+
+                shutdown.complete_sigterm()
             return
         self.upload_best_and_last()
         if not lifecycle.run.flush(self._close_timeout):
@@ -858,6 +905,46 @@ class DearDiaryLogger(Logger):
                 stacklevel=3,
             )
         return True
+
+
+def _stop_check(ref: weakref.ReferenceType[DearDiaryLogger]) -> Callable[[], bool]:
+    """Build the SIGTERM check of a logger (it must not keep the logger alive).
+
+    It tells whether the logger's Trainer is running and Lightning noted the SIGTERM: the
+    training loop then stops after the current step, and Lightning calls ``finalize``.
+    """
+
+    def stopping() -> bool:
+        trainer = _running_trainer(ref)
+        return trainer is not None and bool(getattr(trainer, "received_sigterm", False))
+
+    return stopping
+
+
+def _before_sigterm_end(ref: weakref.ReferenceType[DearDiaryLogger]) -> Callable[[], None]:
+    """Build the hook that queues the best and last checkpoints when SIGTERM ends the run at once.
+
+    That happens when the Trainer is running outside its training loop (setting up, or in
+    ``on_fit_end`` and the teardown hooks), where Lightning does not watch for SIGTERM and no
+    checkpoint is being written. Elsewhere the hook does nothing.
+    """
+
+    def before_end() -> None:
+        logger = ref()
+        if logger is not None and _running_trainer(ref) is not None:
+            logger.upload_best_and_last()
+
+    return before_end
+
+
+def _running_trainer(ref: weakref.ReferenceType[DearDiaryLogger]) -> Any | None:
+    """Return the logger's Trainer while it runs a stage, else ``None``."""
+    logger = ref()
+    trainer = None
+    if logger is not None and logger._trainer_ref is not None:
+        trainer = logger._trainer_ref()
+    status = getattr(getattr(trainer, "state", None), "status", None)
+    return trainer if status == "running" else None
 
 
 def _at_epoch_level(trainer: Any, lightning_call: bool) -> bool:
