@@ -26,17 +26,13 @@ Two measurements per logger:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,59 +158,6 @@ def bench_mlflow(name: str, tracking_uri: str, steps: int) -> Result:
 # -- servers ----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def mlflow_server(directory: str) -> Iterator[str]:
-    """Run ``mlflow server`` on 127.0.0.1 with a sqlite store; yield its URL."""
-    port = _free_port()
-    mlflow = Path(sys.executable).with_name("mlflow")
-    command = [
-        str(mlflow),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--backend-store-uri",
-        f"sqlite:///{directory}/mlflow.db",
-        "--default-artifact-root",
-        f"{directory}/artifacts",
-        "--workers",
-        "1",
-    ]
-    log = open(f"{directory}/mlflow-server.log", "w")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"mlflow server did not start; see {directory}/mlflow-server.log"
-                )
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--steps", type=int, default=2000, help="steps per measurement")
@@ -230,6 +173,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # the file store the issue asks for
+    from benchmarks._servers import mlflow_server
     from tests.deardiary_server import server_in_subprocess
 
     results: list[Result] = []

@@ -31,14 +31,12 @@ import argparse
 import contextlib
 import logging
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,49 +151,6 @@ def run_fit(case: Case, steps: int, epochs: int, workdir: Path) -> None:
         case.end(logger)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def mlflow_server(root: Path) -> Iterator[str]:
-    """Run ``mlflow server`` on 127.0.0.1 (sqlite backend) for the duration of a block."""
-    import requests
-
-    port = free_port()
-    command = [
-        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--default-artifact-root", str(root / "artifacts"), "--workers", "1",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(url + "/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                msg = "mlflow server did not start; is mlflow installed (pip install '.[bench]')?"
-                raise RuntimeError(msg)
-            time.sleep(0.3)
-        yield url
-    finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-        if process.poll() is None:
-            process.kill()
-
-
 def build_cases(stack: contextlib.ExitStack, root: Path, only: set[str] | None) -> list[Case]:
     from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 
@@ -240,6 +195,8 @@ def build_cases(stack: contextlib.ExitStack, root: Path, only: set[str] | None) 
             Case("MLFlowLogger (file)", lambda d: MLFlowLogger(tracking_uri=f"file:{d / 'mlruns'}"))
         )
     if wanted("mlflow-server"):
+        from benchmarks._servers import mlflow_server
+
         tracking = stack.enter_context(mlflow_server(root))
         cases.append(Case("MLFlowLogger (server)", lambda d: MLFlowLogger(tracking_uri=tracking)))
     return cases
