@@ -6,7 +6,7 @@ send, translate ``requests`` failures into :mod:`~deardiary_lightning.errors` (o
 
 Metric batches, one small request per training step, skip ``requests``: on a plain
 ``http://`` server reached without a proxy they go through a lane of kept-alive
-``http.client`` connections (:class:`_DirectLane`) that costs about a third of the CPU, with
+``http.client`` connections (:class:`DirectLane`) that costs about a third of the CPU, with
 the same errors.
 
 Server quirks handled here (numbers refer to section 10 of the REST API notes):
@@ -81,7 +81,7 @@ from deardiary_lightning.errors import (
 )
 from deardiary_lightning.wire import format_datetime
 
-__all__ = ["HTTPBackend"]
+__all__ = ["DirectLane", "HTTPBackend", "batch_body", "encode_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class HTTPBackend(Backend):
         self.timeout = timeout
         self._session = session or _session_for(self.url)
         self._lane = (
-            _DirectLane.for_session(self.url, self._session, timeout) if not session else None
+            DirectLane.for_session(self.url, self._session, timeout) if not session else None
         )
         self._username = username
         self._password = password
@@ -340,14 +340,79 @@ class HTTPBackend(Backend):
         recorded_at: datetime | None,
     ) -> list[Id]:
         """``POST /metric/iteration/{iteration_id}/batch``; ids come back unordered."""
-        body = {
-            "metrics": [{"key": key, "value": value} for key, value in metrics],
-            "step": step,
-            "recorded_at": _datetime_or_none(recorded_at),
-        }
-        path = _path("/metric/iteration/{}/batch", iteration_id)
-        answer = self._json("POST", path, body=_drop_none(body), expect=201, direct=True)
+        body = batch_body(metrics, step, recorded_at)
+        answer = self._json(
+            "POST", self.batch_path(iteration_id), body=body, expect=201, direct=True
+        )
         return list(answer["metric_ids"])
+
+    # -- metric batches sent by another process -----------------------------------------------
+
+    def batch_path(self, iteration_id: Id) -> str:
+        """The path (after the base URL) of ``POST /metric/iteration/{id}/batch``."""
+        return _path("/metric/iteration/{}/batch", iteration_id)
+
+    @property
+    def direct_address(self) -> tuple[str, int, str, float] | None:
+        """``(host, port, path prefix, timeout)`` of the direct lane, or ``None`` without one.
+
+        Another process can open the same kind of lane (:class:`DirectLane`) to this server.
+        """
+        lane = self._lane
+        if lane is None:
+            return None
+        return lane.address
+
+    def batch_headers(self) -> dict[str, str] | None:
+        """The headers of a metric batch request, or ``None`` when the token is due a refresh.
+
+        Never refreshes (no network): a caller that gets ``None`` sends through this backend,
+        which refreshes the token first.
+        """
+        deadline = self._token_deadline
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        if self._token:
+            headers["Authorization"] = "Bearer " + self._token
+        return headers
+
+    def read_batch_answer(
+        self, path: str, status: int, headers: Mapping[str, str], content: bytes
+    ) -> list[Id]:
+        """Read the answer to a metric batch that another process sent through a direct lane.
+
+        Args:
+            path: The request path (:meth:`batch_path`).
+            status: The answer's status code.
+            headers: The answer's headers.
+            content: The answer's body.
+
+        Returns:
+            The ids of the points written (unordered).
+
+        Raises:
+            APIError: The server refused the batch (the subclass of the status and code).
+            ResponseLostError: The answer was not the JSON the server sends.
+        """
+        url = self.url + path
+        answer = _Answer("POST", url, status, CaseInsensitiveDict(headers), content)
+        return list(self._decode(answer, 201)["metric_ids"])
+
+    def lost_batch_error(self, path: str, kind: str, message: str) -> TransportError:
+        """Rebuild the transport error another process met while sending a metric batch.
+
+        Args:
+            path: The request path (:meth:`batch_path`).
+            kind: The error's class name: ``ConnectError``, ``ReadTimeoutError`` or anything
+                else for :class:`ResponseLostError` (the request may have been applied).
+            message: What happened.
+        """
+        error_class: type[TransportError] = {
+            "ConnectError": ConnectError,
+            "ReadTimeoutError": ReadTimeoutError,
+        }.get(kind, ResponseLostError)
+        return error_class(message, method="POST", url=self.url + path)
 
     def get_metric(self, metric_id: Id) -> Metric | None:
         """``GET /metric/{id}``."""
@@ -541,7 +606,7 @@ class HTTPBackend(Backend):
         """Send a request and return its decoded JSON answer, or raise.
 
         ``direct`` sends a JSON request through the direct lane when the backend has one (see
-        :class:`_DirectLane`); the per-step metric batches use it.
+        :class:`DirectLane`); the per-step metric batches use it.
         """
         response = self._send(
             method,
@@ -609,7 +674,7 @@ class HTTPBackend(Backend):
             headers["Authorization"] = "Bearer " + self._token
         if body is not None:
             headers["Content-Type"] = "application/json; charset=utf-8"
-            data = _encode_json(body)
+            data = encode_json(body)
         elif raw is not None:
             headers["Content-Type"] = raw.content_type
             data = raw.as_request_body()
@@ -651,7 +716,7 @@ class HTTPBackend(Backend):
         headers = {"Content-Type": "application/json; charset=utf-8"}
         if auth and self._token:
             headers["Authorization"] = "Bearer " + self._token
-        data = None if body is None else _encode_json(body)
+        data = None if body is None else encode_json(body)
         start = time.perf_counter()
         answer = self._lane.send(method, path, self.url + path, data, headers)
         if logger.isEnabledFor(logging.DEBUG):
@@ -776,7 +841,7 @@ class _Answer:
 _Reply = Union[requests.Response, _Answer]
 
 
-class _DirectLane:
+class DirectLane:
     """Keep-alive connections that send small JSON requests without ``requests``' layers.
 
     A metric batch is one small request per training step, and ``requests`` (sessions, hooks,
@@ -799,12 +864,13 @@ class _DirectLane:
         self._port = port
         self._prefix = prefix
         self._timeout = timeout
+        self.address = (host, port, prefix, timeout)
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
         self._closed = False
 
     @classmethod
-    def for_session(cls, url: str, session: requests.Session, timeout: float) -> _DirectLane | None:
+    def for_session(cls, url: str, session: requests.Session, timeout: float) -> DirectLane | None:
         """Return a lane for the backend's own session, or ``None`` when it cannot be used."""
         parts = urlsplit(url)
         if parts.scheme != "http" or session.proxies or session.auth or not parts.hostname:
@@ -942,7 +1008,19 @@ def _datetime_or_none(value: datetime | None) -> str | None:
     return None if value is None else format_datetime(value)
 
 
-def _encode_json(body: Mapping[str, Any]) -> bytes:
+def batch_body(
+    metrics: Sequence[tuple[str, float]], step: int | None, recorded_at: datetime | None
+) -> dict[str, Any]:
+    """The JSON body of a metric batch (fields that are not given are left out)."""
+    body = {
+        "metrics": [{"key": key, "value": value} for key, value in metrics],
+        "step": step,
+        "recorded_at": _datetime_or_none(recorded_at),
+    }
+    return _drop_none(body)
+
+
+def encode_json(body: Mapping[str, Any]) -> bytes:
     """Encode JSON without NaN or Infinity tokens, which the server refuses."""
     try:
         return json.dumps(body, allow_nan=False, separators=(",", ":")).encode("utf-8")

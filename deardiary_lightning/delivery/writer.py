@@ -61,8 +61,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar, Union
 
+from deardiary_lightning.backends.http import HTTPBackend
 from deardiary_lightning.client import Client, connect
 from deardiary_lightning.delivery import shutdown
+from deardiary_lightning.delivery.courier import Answer, SenderProcess
 from deardiary_lightning.delivery.resources import ResourceLane
 from deardiary_lightning.delivery.retry import (
     Failure,
@@ -91,6 +93,7 @@ from deardiary_lightning.errors import (
     AuthenticationError,
     ConflictError,
     DearDiaryError,
+    ResponseLostError,
     TokenExpiredError,
     TransportError,
     UnprocessableError,
@@ -111,6 +114,12 @@ PROGRESS_AFTER = 1.0
 
 #: Seconds close() gives the background threads to stop once everything is spooled.
 STOP_GRACE = 0.5
+
+#: Metric batches the sender process may hold at once (unanswered).
+COURIER_WINDOW = 512
+
+#: Connections the sender process may use at once (one when the server keeps up).
+COURIER_CONNECTIONS = 4
 
 #: Points written together (at least one batch) to a store that takes many steps in one write.
 GROUP_POINTS = 5000
@@ -234,7 +243,15 @@ class _Load:
     """Read a resumed iteration's last step per key and its parameters."""
 
 
-_Work = Union[_Op, _Verify, _Probe, _Drain, _Load]
+@dataclass(eq=False)
+class _Resend:
+    """Send a batch again from a sender thread, after the sender process met ``error``."""
+
+    op: _Op
+    error: DearDiaryError
+
+
+_Work = Union[_Op, _Verify, _Probe, _Drain, _Load, _Resend]
 
 # Outcomes a sender reports to the pump.
 _OK = "ok"
@@ -324,6 +341,7 @@ def open_run(
     flush_interval: float = 0.2,
     close_timeout: float = 60.0,
     retry: RetryPolicy | None = None,
+    sender_process: bool = True,
 ) -> RunWriter:
     """Open a run: resolve its project, experiment and iteration, and start delivering.
 
@@ -344,6 +362,9 @@ def open_run(
         flush_interval: Seconds between two background deliveries.
         close_timeout: Longest wait of :meth:`RunWriter.close` (and at exit).
         retry: Backoff and retry budget (:class:`~.retry.RetryPolicy`).
+        sender_process: Send the metric batches to a plain ``http://`` server from a child
+            process (:mod:`~.courier`), which keeps the training loop's interpreter free;
+            ``False`` sends them from threads of this process.
 
     Returns:
         The writer. When the server cannot be reached, the run is created in the spool and
@@ -385,6 +406,7 @@ def open_run(
             flush_interval=flush_interval,
             close_timeout=close_timeout,
             retry=policy,
+            sender_process=sender_process,
         )
     for value in tags:
         writer.add_tag(value)
@@ -407,6 +429,7 @@ def _open_remote(
     flush_interval: float,
     close_timeout: float,
     retry: RetryPolicy,
+    sender_process: bool,
 ) -> RunWriter:
     """Open a run on a server, or in the spool when the server cannot be reached."""
     spool = Spool(spool_url, project=project, experiment=experiment)
@@ -452,6 +475,7 @@ def _open_remote(
         retry=retry,
         resumed=iteration_id is not None,
         wanted=(project, experiment, iteration_id, parent_iteration_id),
+        sender_process=sender_process,
     )
 
 
@@ -509,6 +533,7 @@ class RunWriter:
         retry: RetryPolicy,
         resumed: bool,
         wanted: tuple[str, str, Id | None, Id | None] | None = None,
+        sender_process: bool = False,
     ) -> None:
         if flush_interval <= 0:
             msg = f"flush_interval must be > 0 seconds, got {flush_interval}"
@@ -585,6 +610,12 @@ class RunWriter:
             and client.backend.points_in_one_write
             and self._sender_count == 1
         )
+        # The sender process: metric batches to a plain http:// server (see courier.py).
+        self._courier: SenderProcess | None = None
+        self._courier_ops: dict[int, _Op] = {}  # token (op.seq) -> batch it carries
+        self._courier_path = ""
+        if sender_process and ids is not None and client is not None:
+            self._start_courier(client, ids)
         self._threads = [
             threading.Thread(target=self._sender_main, name=f"deardiary-send-{n}", daemon=True)
             for n in range(self._sender_count)
@@ -852,6 +883,8 @@ class RunWriter:
         # to a hung server: they are daemon threads, so they get a short grace, not a wait.
         self._pump.join(timeout=10.0)
         grace = time.monotonic() + STOP_GRACE
+        if self._courier is not None:
+            self._courier.stop(timeout=STOP_GRACE)
         self._lane.stop(join=STOP_GRACE)
         for _ in self._threads:
             self._work.put(None)
@@ -916,6 +949,8 @@ class RunWriter:
         if not self._loading:
             self._take_inbox()
         self._handle_results()
+        if self._courier is not None and self._courier.exited:
+            self._courier_gone()
         if self._mode == _DOWN:
             self._maybe_probe()
         elif self._final_probe:
@@ -1116,7 +1151,15 @@ class RunWriter:
                 self._special_busy = True
                 self._work.put(_Verify(ops, grace))
             return
-        while self._outbox and len(self._inflight) < self._sender_count:
+        courier = self._courier
+        headers = None
+        if courier is not None and courier.ready and self._remote is not None:
+            backend = self._remote.backend
+            if isinstance(backend, HTTPBackend):
+                headers = backend.batch_headers()  # None: the token is due a refresh
+        shipment: list[tuple[int, int, datetime, list[tuple[str, float]]]] = []
+        limit = COURIER_WINDOW if headers is not None else self._sender_count
+        while self._outbox and len(self._inflight) < limit:
             op = self._outbox[0]
             if isinstance(op, _Batch) and self._grouping:
                 op = self._take_group()
@@ -1125,19 +1168,28 @@ class RunWriter:
                 continue
             if isinstance(op, _Batch):
                 if self._inflight_steps[op.step]:
-                    return
+                    break
                 self._inflight_steps[op.step] += 1
+                if headers is not None:
+                    self._outbox.popleft()
+                    self._inflight[id(op)] = op
+                    self._courier_ops[op.seq] = op
+                    shipment.append((op.seq, op.step, op.when, op.items))
+                    continue
             elif isinstance(op, _End):
                 if self._inflight or not self._lane.reached(op.lane_mark):
-                    return
+                    break
                 self._meta_busy = True
             else:
                 if self._meta_busy:
-                    return
+                    break
                 self._meta_busy = True
             self._outbox.popleft()
             self._inflight[id(op)] = op
             self._work.put(op)
+        if shipment:
+            assert courier is not None and headers is not None
+            courier.send(self._courier_path, headers, shipment)
 
     def _take_group(self) -> _Group:
         """Take the batches at the head of the outbox (about :data:`GROUP_POINTS`) as one group."""
@@ -1335,6 +1387,76 @@ class RunWriter:
         self._uncertain = []
         self._unsettled = 0
 
+    # -- sender process -----------------------------------------------------------------------
+
+    def _start_courier(self, client: Client, ids: _Ids) -> None:
+        """Start the sender process when the server is reached over a plain direct lane."""
+        backend = client.backend
+        if not isinstance(backend, HTTPBackend) or backend.direct_address is None:
+            return
+        self._courier_path = backend.batch_path(ids.iteration_id)
+        self._courier = SenderProcess.start(
+            backend.direct_address,
+            COURIER_CONNECTIONS,
+            self._courier_answered,
+            self._wake.set,
+        )
+
+    def _courier_answered(self, answers: list[Answer]) -> None:
+        """Sort the sender process's answers (its reader thread): done, or for a sender."""
+        client = self._remote
+        delivered = False
+        for token, status, extra, content in answers:
+            op = self._courier_ops.pop(token, None)
+            if op is None:
+                continue
+            if status == 201:
+                self._results.put((_OK, op, None))
+                delivered = True
+                continue
+            backend = client.backend if client is not None else None
+            if not isinstance(backend, HTTPBackend):  # pragma: no cover - set before the child
+                self._work.put(_Resend(op, ResponseLostError(str(extra), method="POST", url="")))
+                continue
+            try:
+                if status < 0:
+                    raise backend.lost_batch_error(self._courier_path, str(extra), str(content))
+                backend.read_batch_answer(
+                    self._courier_path, status, {"Retry-After": extra} if extra else {}, content
+                )
+            except DearDiaryError as exc:
+                # A sender thread takes it from here: retry, check or give up, as for its own.
+                self._work.put(_Resend(op, exc))
+                continue
+            self._results.put((_OK, op, None))
+            delivered = True
+        if delivered:
+            self._retry.succeeded()
+        self._wake.set()
+
+    def _courier_gone(self) -> None:
+        """The sender process stopped (pump): what it had not answered may have landed."""
+        courier, self._courier = self._courier, None
+        assert courier is not None
+        held = list(self._courier_ops.values())
+        self._courier_ops.clear()
+        if not self._closing and not self._abandon:
+            logger.warning(
+                "the DearDiary sender process (pid %s) stopped; sending from this process, "
+                "and checking the %d batches it had not answered",
+                courier.pid,
+                len(held),
+            )
+        for op in held:
+            error = ResponseLostError(
+                "the sender process stopped before the answer arrived; the batch may have been "
+                "applied",
+                method="POST",
+                url=self.url + self._courier_path,
+            )
+            self._release(op)
+            self._uncertain.append((op, error))
+
     # -- resource lane support ----------------------------------------------------------------
 
     def _lane_can_send(self) -> bool:
@@ -1397,18 +1519,28 @@ class RunWriter:
                 return _DRAINED, work, None
         if isinstance(work, _Load):
             return _LOADED, work, self._read_resumed()
+        op, first_error = (work.op, work.error) if isinstance(work, _Resend) else (work, None)
         try:
-            self._send(work)
+            self._send(op, first_error)
         except _Ambiguous as exc:
-            return _UNCERTAIN, work, exc.cause
+            return _UNCERTAIN, op, exc.cause
         except _Down as exc:
-            return _IS_DOWN, work, exc
+            return _IS_DOWN, op, exc
         except DearDiaryError as exc:
-            return _FAILED, work, exc
-        return _OK, work, None
+            return _FAILED, op, exc
+        return _OK, op, None
 
-    def _call(self, fn: Callable[[Client], T], *, idempotent: bool) -> T:
-        """Run one request with retries; raise ``_Ambiguous`` or ``_Down`` when it must stop."""
+    def _call(
+        self,
+        fn: Callable[[Client], T],
+        *,
+        idempotent: bool,
+        first_error: DearDiaryError | None = None,
+    ) -> T:
+        """Run one request with retries; raise ``_Ambiguous`` or ``_Down`` when it must stop.
+
+        ``first_error`` is the outcome of a first attempt made elsewhere (the sender process).
+        """
         attempt = 0
         while True:
             if self._abandon or (self._mode == _DOWN and self._spool is not None):
@@ -1417,6 +1549,9 @@ class RunWriter:
             if client is None:
                 raise _Down("not connected")
             try:
+                if first_error is not None:
+                    error, first_error = first_error, None
+                    raise error
                 result = fn(client)
             except DearDiaryError as exc:
                 kind = classify(exc)
@@ -1459,14 +1594,15 @@ class RunWriter:
             old.close()
         return True
 
-    def _send(self, op: _Op) -> None:
-        """Deliver one operation."""
+    def _send(self, op: _Op, first_error: DearDiaryError | None = None) -> None:
+        """Deliver one operation (a batch the sender process failed to deliver: its error)."""
         assert self._ids is not None
         iteration_id = self._ids.iteration_id
         if isinstance(op, _Batch):
             self._call(
                 lambda c: c.log_metrics(iteration_id, op.items, step=op.step, recorded_at=op.when),
                 idempotent=False,
+                first_error=first_error,
             )
         elif isinstance(op, _Group):
             # The values passed the value policy on the calling thread and every ``when`` is a
