@@ -137,6 +137,11 @@ class DearDiarySettings(BaseSettings):
     iteration_id: int | str | None = Field(
         default=None, description="Resume this iteration instead of starting a new one."
     )
+    sender_process: bool = Field(
+        default=True,
+        description="Send metric batches to an http:// server from a child process, which "
+        "keeps the training loop's interpreter free; false sends them from threads.",
+    )
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -30,6 +30,7 @@ def test_defaults_need_no_configuration():
     assert (settings.project, settings.experiment) == ("default", "default")
     assert settings.store == "./deardiary"
     assert settings.log_checkpoints is False and settings.iteration_id is None
+    assert settings.sender_process is True
 
 
 def test_environment_then_dotenv_then_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -39,6 +40,7 @@ def test_environment_then_dotenv_then_defaults(tmp_path: Path, monkeypatch: pyte
         "DEARDIARY_EXPERIMENT=from-dotenv\n"
         "DEARDIARY_LOG_CHECKPOINTS=all\n"
         "DEARDIARY_ITERATION_ID=42\n"
+        "DEARDIARY_SENDER_PROCESS=false\n"
     )
     monkeypatch.setenv("DEARDIARY_EXPERIMENT", "from-env")
     monkeypatch.setenv("deardiary_username", "alice")
@@ -53,6 +55,7 @@ def test_environment_then_dotenv_then_defaults(tmp_path: Path, monkeypatch: pyte
     assert settings.password_value() == "hunter2"
     assert settings.log_checkpoints == "all"
     assert settings.iteration_id == 42
+    assert settings.sender_process is False
     assert DearDiarySettings(iteration_id="a1b2-c3").iteration_id == "a1b2-c3"
 
 

@@ -110,6 +110,8 @@ class SenderProcess:
         self._outgoing: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self.ready = False
         self.exited = False
+        #: Answers received so far (each one a batch request the child finished).
+        self.answered = 0
         self._feeder = threading.Thread(target=self._feed, name="deardiary-courier-in", daemon=True)
         self._reader = threading.Thread(
             target=self._read_answers, name="deardiary-courier-out", daemon=True
@@ -216,6 +218,7 @@ class SenderProcess:
                 if message[0] == "ready":
                     self.ready = True
                 elif message[0] == "done":
+                    self.answered += len(message[1])
                     self._on_answers(message[1])
         except Exception:  # pragma: no cover - a bug; the writer falls back to its threads
             logger.exception("reading the DearDiary sender process failed")
@@ -332,7 +335,8 @@ class _Child:
             self._busy.append(connection)
             if connection.connected:
                 self._write(connection)
-            self._watch(connection)
+            if connection.token is not None:  # not failed at once
+                self._watch(connection)
 
     def _open(self) -> _Connection:
         try:
@@ -449,6 +453,7 @@ class _Child:
         self._answer(token, -1, "ResponseLostError", msg)
 
     def _drop(self, connection: _Connection) -> None:
+        connection.token = None
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(connection.sock)
         with contextlib.suppress(ValueError):

@@ -27,6 +27,11 @@ Threads and queues::
 - **Sender threads** deliver operations concurrently, with two rules that keep every series in
   order: two batches of the same step are never in flight together, and parameters, tags, notes
   and the end of the run go one at a time, in the order they were logged.
+- **The sender process** (:mod:`~.courier`) takes the metric batches' first attempt off this
+  process for a plain ``http://`` server: the pump hands it a cycle's batches in one message
+  and it answers in bursts, so the training loop does not share the interpreter lock with
+  socket I/O. Any batch it could not deliver comes back to a sender thread with its error and
+  follows the rules below; if the process stops, what it had not answered is checked.
 - **Failures**: a request that certainly did not apply (no connection, 429, expired token) is
   retried with exponential backoff and full jitter (:mod:`~.retry`), honouring ``Retry-After``.
   A request that may have applied (lost answer, timeout, 5xx) is returned to the pump, which
@@ -93,6 +98,7 @@ from deardiary_lightning.errors import (
     AuthenticationError,
     ConflictError,
     DearDiaryError,
+    ReadTimeoutError,
     ResponseLostError,
     TokenExpiredError,
     TransportError,
@@ -267,6 +273,10 @@ _LANE_DOWN = "lane-down"
 
 class _Down(Exception):
     """Internal: the server is down (budget spent) or the writer is shutting down."""
+
+
+class _SenderStopped(ResponseLostError):
+    """The sender process stopped while a batch was in its hands (it may still be landing)."""
 
 
 class _Ambiguous(Exception):
@@ -611,6 +621,7 @@ class RunWriter:
             and self._sender_count == 1
         )
         # The sender process: metric batches to a plain http:// server (see courier.py).
+        self._sender_process = sender_process
         self._courier: SenderProcess | None = None
         self._courier_ops: dict[int, _Op] = {}  # token (op.seq) -> batch it carries
         self._courier_path = ""
@@ -1138,10 +1149,12 @@ class RunWriter:
             return
         if self._uncertain:
             if not self._inflight:
+                # A request that timed out, or that a stopped sender process left behind, may
+                # still be running on the server: give it time to finish before looking.
                 grace = (
                     1.0
                     if any(
-                        isinstance(exc, TransportError) and "time" in type(exc).__name__.lower()
+                        isinstance(exc, (ReadTimeoutError, _SenderStopped))
                         for _, exc in self._uncertain
                     )
                     else 0.0
@@ -1448,7 +1461,7 @@ class RunWriter:
                 len(held),
             )
         for op in held:
-            error = ResponseLostError(
+            error = _SenderStopped(
                 "the sender process stopped before the answer arrived; the batch may have been "
                 "applied",
                 method="POST",
@@ -1736,6 +1749,8 @@ class RunWriter:
         )
         self._ids = ids
         logger.info("the run is now on the DearDiary server as iteration %s", ids.iteration_id)
+        if self._sender_process and self._courier is None:
+            self._start_courier(self._remote, ids)
 
     def _drain(self) -> list[_Op]:
         """Compare the spool with the server; return operations for what the server lacks."""

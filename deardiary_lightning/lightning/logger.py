@@ -102,6 +102,7 @@ class _Target:
     password: str | None
     token: str | None
     log_checkpoints: CheckpointMode
+    sender_process: bool
 
 
 class _Lifecycle:
@@ -518,6 +519,7 @@ class DearDiaryLogger(Logger):
                 tags=self._tags,
                 notes=self._notes,
                 close_timeout=self._close_timeout,
+                sender_process=target.sender_process,
             )
             lifecycle = _Lifecycle(run, self._opened_elsewhere is None, self._close_timeout)
             if resume is not None:
@@ -586,6 +588,7 @@ class DearDiaryLogger(Logger):
             password=args["password"] or settings.password_value(),
             token=args["token"] or settings.token_value(),
             log_checkpoints=settings.log_checkpoints if mode is None else mode,
+            sender_process=settings.sender_process,
         )
 
     # -- ranks --------------------------------------------------------------------------------
