@@ -61,6 +61,20 @@ _completing = False
 _watchdog: threading.Timer | None = None
 
 
+def _forget_after_fork() -> None:
+    """In a forked child: the parent's writers are not this process's (their threads stayed)."""
+    global _lock, _pending, _completing, _watchdog
+    _lock = threading.Lock()  # another thread may have held it when the process forked
+    _writers.clear()
+    _checks.clear()
+    _pending = _completing = False
+    _watchdog = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def register(writer: _Closable) -> None:
     """Track an open writer; installs the exit and signal hooks on first use."""
     global _installed

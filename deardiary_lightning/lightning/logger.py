@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import itertools
 import logging
+import multiprocessing.context
 import os
 import sys
 import threading
@@ -74,7 +75,7 @@ RANK_SYNC_TIMEOUT = timedelta(seconds=120)
 
 #: Attributes that belong to one process and are rebuilt, empty, after unpickling.
 _RUNTIME_STATE = (
-    "_lifecycle",
+    "_opened",
     "_book",
     "_checkpoint_callbacks",
     "_open_lock",
@@ -112,6 +113,7 @@ class _Lifecycle:
         self.run = run
         self.owner = owner
         self.timeout = timeout
+        self.pid = os.getpid()
         self.ended = False
         self.exception: BaseException | None = None
         self.stop_check: Callable[[], bool] | None = None
@@ -181,8 +183,8 @@ class _Lifecycle:
     @staticmethod
     def finish(lifecycle: _Lifecycle, timeout: float | None, exiting: bool = False) -> None:
         """End the run when the logger is gone: garbage-collected, or the interpreter exits."""
-        if lifecycle.ended:
-            return
+        if lifecycle.ended or lifecycle.pid != os.getpid():
+            return  # ended, or a forked copy: the run belongs to the parent
         if not lifecycle.owner:
             lifecycle.release(timeout)
             return
@@ -303,9 +305,11 @@ class DearDiaryLogger(Logger):
     before any of these values is used. All four are identical on every rank.
 
     **DDP.** One iteration for all ranks: only rank zero opens the run and writes. Under
-    ``ddp_spawn`` a child process that opened the run ends it when it exits; to keep several
-    stages (fit, then test) in one iteration there, touch ``logger.experiment`` in the main
-    process before ``fit`` so the children resume that iteration.
+    ``ddp_spawn`` the main process opens the run when Lightning pickles the logger to start
+    the processes, so every stage (fit, then test) continues it; the main process ends it.
+    Under ``ddp_fork`` and ``ddp_notebook``, a forked process continues the run the main
+    process opened, with a writer of its own: touch ``logger.experiment`` before the first
+    ``fit``, or each stage's rank-zero process opens (and ends) an iteration of its own.
 
     **Checkpoints** (``log_checkpoints``): ``False``, nothing; ``True``, the best and the last
     checkpoint when fitting ends (or fails, or SIGTERM stops it); ``"all"``, every checkpoint
@@ -393,7 +397,7 @@ class DearDiaryLogger(Logger):
 
     def _init_runtime(self) -> None:
         """Set the per-process state that never travels in a pickle."""
-        self._lifecycle: _Lifecycle | None = None
+        self._opened: _Lifecycle | None = None
         self._book = CheckpointBook()
         self._checkpoint_callbacks: list[Any] = []
         self._open_lock = threading.Lock()
@@ -403,9 +407,36 @@ class DearDiaryLogger(Logger):
         self._epoch_seen = 0
         self._step_seen = 0
 
-    # -- pickling (ddp_spawn) -----------------------------------------------------------------
+    # -- processes (ddp_spawn, ddp_fork) -------------------------------------------------------
+
+    @property
+    def _lifecycle(self) -> _Lifecycle | None:
+        """The run this process opened (a forked copy of the parent's does not count)."""
+        lifecycle = self._opened
+        if lifecycle is not None and lifecycle.pid != os.getpid():
+            # A forked process (ddp_fork, ddp_notebook) holds a copy of the parent's run whose
+            # threads stayed in the parent: it continues the iteration with a writer of its own.
+            self._opened = None
+            if not lifecycle.ended:
+                self._opened_elsewhere = lifecycle.run.iteration_id
+            return None
+        return lifecycle
+
+    @_lifecycle.setter
+    def _lifecycle(self, lifecycle: _Lifecycle | None) -> None:
+        self._opened = lifecycle
 
     def __getstate__(self) -> dict[str, Any]:
+        if (
+            self._lifecycle is None
+            and self._opened_elsewhere is None
+            and multiprocessing.context.get_spawning_popen() is not None
+            and rank() == 0
+        ):
+            # Pickled to start a process (ddp_spawn starts new ones for every stage): open the
+            # run here, so that fit, validate and test all continue this one iteration, which
+            # this process ends when the logger goes (or at exit).
+            self._open()
         state = self.__dict__.copy()
         for name in _RUNTIME_STATE:
             state.pop(name, None)
@@ -524,7 +555,9 @@ class DearDiaryLogger(Logger):
             lifecycle = _Lifecycle(run, self._opened_elsewhere is None, self._close_timeout)
             if resume is not None:
                 self._seed_steps(run)
-            self._record_start(run)
+            if self._opened_elsewhere is None:
+                # The process that opened the run first recorded its key and environment.
+                self._record_start(run)
             collected = weakref.finalize(self, _Lifecycle.collected, lifecycle, self._close_timeout)
             collected.atexit = False
             ref = weakref.ref(self)

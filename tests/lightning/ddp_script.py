@@ -2,9 +2,10 @@
 
 Usage: python ddp_script.py STORE OUT STRATEGY
 
-Each process writes what its logger reports at construction and after fit to
-OUT/main-<rank>.json (one process under ddp_spawn, one per rank under ddp), and every rank
-writes what it reports when training starts to OUT/start-<rank>.json.
+Fits, then tests in a second stage (under ddp_spawn and ddp_fork, in new processes). Each
+process writes what its logger reports at construction and after fit to OUT/main-<rank>.json
+(one process under ddp_spawn and ddp_fork, one per rank under ddp), and every rank writes what
+it reports when training starts to OUT/start-<rank>.json.
 """
 
 from __future__ import annotations
@@ -47,13 +48,18 @@ def main() -> None:
     torch.set_num_threads(1)
     logger = DearDiaryLogger(url=store, project="p", experiment="ddp")
     seen: dict[str, Any] = {"built": identity(logger)}
+    if strategy == "ddp_fork":
+        # Forked stages share the run only when this process opened it first (documented).
+        logger.experiment  # noqa: B018
     trainer = Trainer(
         logger=logger,
         callbacks=[Report(out)],
         **trainer_kwargs(max_epochs=2, strategy=strategy, devices=2),
     )
-    trainer.fit(TinyModel(), loader(), loader(20, seed=1))
+    model = TinyModel()
+    trainer.fit(model, loader(), loader(20, seed=1))
     seen["after_fit"] = identity(logger)
+    trainer.test(model, loader(20, seed=2))  # a second stage: the same iteration
     (out / f"main-{trainer.global_rank}.json").write_text(json.dumps(seen))
     if trainer.global_rank == 0:
         logger.end()

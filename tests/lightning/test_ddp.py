@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from tests.lightning._models import parameters, steps
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn", "ddp_fork"])
 def test_two_processes_write_one_iteration(strategy: str, tmp_path: Path):
     store, out = tmp_path / "store", tmp_path / "out"
     out.mkdir()
@@ -49,7 +51,47 @@ def test_two_processes_write_one_iteration(strategy: str, tmp_path: Path):
         "train_mae": [0, 1],
         "val_loss": [0, 1],
         "val_batch_loss": [0, 1],  # 1 validation batch per rank and epoch
+        # The test stage, after fit, in the same iteration. Its step is the epoch Lightning
+        # reports there: ddp_spawn and ddp_fork run each stage in new processes, started from
+        # the main process, whose Trainer is still at epoch 0.
+        "test_loss": [2] if strategy == "ddp" else [0],
     }
     params = parameters(client, iteration.id)
     assert params["run/key"] == [rank_zero["version"]]
     assert all(len(values) == 1 for values in params.values())
+
+
+def test_a_forked_process_continues_the_run_with_a_writer_of_its_own(tmp_path: Path):
+    from deardiary_lightning.delivery import shutdown
+    from deardiary_lightning.lightning import DearDiaryLogger
+
+    logger = DearDiaryLogger(
+        url=str(tmp_path / "store"), project="p", experiment="fork", log_environment=False
+    )
+    logger.log_metrics({"a": 1.0}, step=0)
+    opened = logger.iteration_id
+
+    pid = os.fork()
+    if pid == 0:  # the child: everything it checks becomes its exit code
+        code = 1
+        try:
+            logger.log_metrics({"b": 2.0}, step=0)
+            same_run = logger.iteration_id == opened and not logger.ended
+            logger.finalize("success")  # delivers; the parent owns the end of the run
+            started = time.monotonic()
+            shutdown._close_all()  # the parent's writer is not this process's to wait for
+            code = 0 if same_run and time.monotonic() - started < 5 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+    logger.log_metrics({"a": 3.0}, step=1)
+    logger.end()
+    client = dd.connect(str(tmp_path / "store"))
+    (project,) = client.get_projects()
+    (experiment,) = client.get_experiments(project.id)
+    (iteration,) = client.get_iterations(experiment.id)
+    assert iteration.id == opened and iteration.status is dd.IterationStatus.SUCCEEDED
+    assert steps(client, iteration.id) == {"a": [0, 1], "b": [0]}
+    assert parameters(client, iteration.id) == {"run/key": [logger.run_key]}
