@@ -89,6 +89,33 @@ _RUNTIME_STATE = (
 _publications = itertools.count()
 _subscriptions = itertools.count()
 
+#: Rank zero's run keys, for the ranks it starts as child processes: ``<pid>:<key>,<key>...``.
+_RUN_KEYS_VARIABLE = "DEARDIARY_LIGHTNING_RUN_KEYS"
+_built = itertools.count()
+
+
+def _new_run_key() -> str:
+    """Return the run key of a new logger: the same on every rank wherever it can be.
+
+    Rank zero makes a fresh key and lists it in its environment, which the ranks that
+    Lightning and Fabric start as child processes (``ddp``) inherit: their n-th logger takes
+    rank zero's n-th key, before any process group exists (Fabric never waits for one). Ranks
+    started otherwise (``torchrun``, SLURM) take rank zero's key through the process group
+    when the Trainer sets up.
+    """
+    number = next(_built)
+    owner, _, listed = os.environ.get(_RUN_KEYS_VARIABLE, "").partition(":")
+    keys = listed.split(",") if listed else []
+    if rank() != 0:
+        if owner == str(os.getppid()) and number < len(keys) and keys[number]:
+            return keys[number]
+        return "run-" + uuid.uuid4().hex[:12]
+    key = "run-" + uuid.uuid4().hex[:12]
+    mine = keys[:number] if owner == str(os.getpid()) else []
+    mine += [""] * (number - len(mine))  # keys of loggers built before another process's list
+    os.environ[_RUN_KEYS_VARIABLE] = f"{os.getpid()}:" + ",".join([*mine, key])
+    return key
+
 
 @dataclass(frozen=True)
 class _Target:
@@ -300,9 +327,11 @@ class DearDiaryLogger(Logger):
     ``run/key``. Neither changes during the logger's life. ``save_dir`` is the local directory
     for files (``lightning_logs`` by default) and ``log_dir`` is ``save_dir/name/version``;
     ``ModelCheckpoint`` writes to ``log_dir/checkpoints``. Under ``ddp_spawn`` the key travels
-    with the pickled logger; under ``ddp`` (each rank builds its own logger), ranks other than
-    zero adopt rank zero's key through the process group's store when the ``Trainer`` sets up,
-    before any of these values is used. All four are identical on every rank.
+    with the pickled logger; under ``ddp`` (each rank builds its own logger), ranks that
+    Lightning or Fabric start as child processes inherit rank zero's key through the
+    environment, and ranks started otherwise adopt it through the process group's store when
+    the ``Trainer`` sets up, before any of these values is used. All four are identical on
+    every rank (with Fabric, for ranks Fabric starts itself).
 
     **DDP.** One iteration for all ranks: only rank zero opens the run and writes. Under
     ``ddp_spawn`` the main process opens the run when Lightning pickles the logger to start
@@ -388,7 +417,7 @@ class DearDiaryLogger(Logger):
         self._save_dir = os.fspath(save_dir)
         self._log_environment = log_environment
         self._close_timeout = close_timeout
-        self._run_key = "run-" + uuid.uuid4().hex[:12]
+        self._run_key = _new_run_key()
         self._target_cache: _Target | None = None
         self._planner = StepPlanner()
         self._opened_elsewhere: Id | None = None

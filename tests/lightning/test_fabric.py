@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 from lightning.fabric import Fabric
 
@@ -41,3 +46,32 @@ def test_fabric_training_loop(destination):
     assert found["epoch"] == [(0, 5.0)]
     params = parameters(client, iteration.id)
     assert params["lr"] == ["0.05"] and params["model/hidden"] == ["8"]
+
+
+def test_fabric_ddp_ranks_share_one_identity_and_one_iteration(tmp_path: Path):
+    store, out = tmp_path / "store", tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("fabric_ddp_script.py")),
+            str(store),
+            str(out),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    seen = [json.loads((out / f"fabric-{rank}.json").read_text()) for rank in (0, 1)]
+    assert seen[0] == seen[1]
+    assert seen[0]["version"].startswith("run-")
+    client = dd.connect(str(store))
+    (project,) = client.get_projects()
+    (experiment,) = client.get_experiments(project.id)
+    (iteration,) = client.get_iterations(experiment.id)
+    assert iteration.status is dd.IterationStatus.SUCCEEDED
+    assert parameters(client, iteration.id)["run/key"] == [seen[0]["version"]]
+    assert [step for step, _ in series(client, iteration.id)["loss"]] == [0, 1]  # 2 batches each
