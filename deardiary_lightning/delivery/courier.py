@@ -237,8 +237,9 @@ class SenderProcess:
 # system calls per request.
 
 #: Seconds a queued batch waits for the first connection before more connections are used:
-#: one connection keeps up with a server on this network; a slow or distant one gets several.
-SPREAD_AFTER = 0.01
+#: one connection keeps up with a fast server (fewer threads busy on it, less CPU on both
+#: sides); a slow or distant one gets several, well before the writer's spool deadline.
+SPREAD_AFTER = 0.1
 
 _ANSWER_HEAD_LIMIT = 64 * 1024
 

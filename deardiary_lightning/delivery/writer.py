@@ -269,6 +269,7 @@ _PROBED = "probed"
 _DRAINED = "drained"
 _LOADED = "loaded"
 _LANE_DOWN = "lane-down"
+_ALL_OK = "all-ok"  # the subject is a list of delivered operations
 
 
 class _Down(Exception):
@@ -1242,6 +1243,10 @@ class RunWriter:
             if outcome == _OK:
                 self._release(subject)
                 self._settle(subject)
+            elif outcome == _ALL_OK:
+                for op in subject:
+                    self._release(op)
+                    self._settle(op)
             elif outcome == _FAILED:
                 self._release(subject)
                 self._settle(subject)
@@ -1418,14 +1423,13 @@ class RunWriter:
     def _courier_answered(self, answers: list[Answer]) -> None:
         """Sort the sender process's answers (its reader thread): done, or for a sender."""
         client = self._remote
-        delivered = False
+        delivered: list[_Op] = []
         for token, status, extra, content in answers:
             op = self._courier_ops.pop(token, None)
             if op is None:
                 continue
             if status == 201:
-                self._results.put((_OK, op, None))
-                delivered = True
+                delivered.append(op)
                 continue
             backend = client.backend if client is not None else None
             if not isinstance(backend, HTTPBackend):  # pragma: no cover - set before the child
@@ -1441,10 +1445,10 @@ class RunWriter:
                 # A sender thread takes it from here: retry, check or give up, as for its own.
                 self._work.put(_Resend(op, exc))
                 continue
-            self._results.put((_OK, op, None))
-            delivered = True
+            delivered.append(op)
         if delivered:
             self._retry.succeeded()
+            self._results.put((_ALL_OK, delivered, None))
         self._wake.set()
 
     def _courier_gone(self) -> None:

@@ -95,6 +95,30 @@ def test_batches_go_through_the_sender_process_exactly_once_despite_faults(
     assert not _alive(child)  # close() stopped it
 
 
+def test_a_slow_server_gets_several_connections(
+    deardiary_server_factory: Any, spool_dir: str
+) -> None:
+    server = deardiary_server_factory()
+    server.add_fault(FaultRule(kind="latency", seconds=0.05, path=r"/batch$"))
+    run = open_run(server.url, project="process", experiment="slow", spool=spool_dir)
+    courier = run._courier
+    assert courier is not None
+    deadline = time.monotonic() + 20
+    while not courier.ready:
+        assert time.monotonic() < deadline, "the sender process did not start"
+        time.sleep(0.01)
+    before = server.stats["connections"]
+
+    for step in range(60):  # 3 s of answers on one connection
+        run.log_metrics(values(step, 2), step=step)
+    assert run.flush(timeout=60)
+    run.close()
+
+    assert server_points(server, run.iteration_id) == expected_points(60, 2)
+    assert courier.answered == 60
+    assert server.stats["connections"] - before >= 3  # the child spread the queue
+
+
 def test_killing_the_sender_process_mid_run_loses_and_duplicates_nothing(
     deardiary_server_factory: Any, spool_dir: str
 ) -> None:
