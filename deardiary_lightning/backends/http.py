@@ -6,7 +6,7 @@ send, translate ``requests`` failures into :mod:`~deardiary_lightning.errors` (o
 
 Metric batches, one small request per training step, skip ``requests``: on a plain
 ``http://`` server reached without a proxy they go through a lane of kept-alive
-``http.client`` connections (:class:`DirectLane`) that costs about a third of the CPU, with
+``http.client`` connections (:class:`_DirectLane`) that costs about a third of the CPU, with
 the same errors.
 
 Server quirks handled here (numbers refer to section 10 of the REST API notes):
@@ -49,6 +49,7 @@ from urllib.parse import quote, urlsplit
 import requests
 import urllib3.exceptions
 from requests.structures import CaseInsensitiveDict
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
 from urllib3.util.wait import wait_for_read
 
 from deardiary_lightning.backends.base import Backend, ReadableStream
@@ -81,7 +82,7 @@ from deardiary_lightning.errors import (
 )
 from deardiary_lightning.wire import format_datetime
 
-__all__ = ["DirectLane", "HTTPBackend", "batch_body", "encode_json"]
+__all__ = ["HTTPBackend"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +132,9 @@ class HTTPBackend(Backend):
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._session = session or _session_for(self.url)
+        self._own_session = session is None
         self._lane = (
-            DirectLane.for_session(self.url, self._session, timeout) if not session else None
+            _DirectLane.for_session(self.url, self._session, timeout) if not session else None
         )
         self._username = username
         self._password = password
@@ -340,7 +342,7 @@ class HTTPBackend(Backend):
         recorded_at: datetime | None,
     ) -> list[Id]:
         """``POST /metric/iteration/{iteration_id}/batch``; ids come back unordered."""
-        body = batch_body(metrics, step, recorded_at)
+        body = _batch_body(metrics, step, recorded_at)
         answer = self._json(
             "POST", self.batch_path(iteration_id), body=body, expect=201, direct=True
         )
@@ -353,15 +355,42 @@ class HTTPBackend(Backend):
         return _path("/metric/iteration/{}/batch", iteration_id)
 
     @property
-    def direct_address(self) -> tuple[str, int, str, float] | None:
-        """``(host, port, path prefix, timeout)`` of the direct lane, or ``None`` without one.
+    def batch_target(
+        self,
+    ) -> tuple[str, int, str, float, tuple[bool, str | None, str | None] | None] | None:
+        """Where another process can post metric batches itself, or ``None`` when it cannot.
 
-        Another process can open the same kind of lane (:class:`DirectLane`) to this server.
+        Returns:
+            ``(host, port, path prefix, timeout, tls)``, where ``tls`` is ``None`` for
+            ``http://`` and ``(verify, CA file, CA directory)`` for ``https://``, taken from
+            this backend's session (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE`` or certifi's
+            bundle). ``None`` with a session given by the caller, a proxy, client
+            certificates or session-level auth, which only ``requests`` applies.
         """
-        lane = self._lane
-        if lane is None:
+        session = self._session
+        parts = urlsplit(self.url)
+        if (
+            not self._own_session
+            or session.proxies
+            or session.auth
+            or session.cert
+            or not parts.hostname
+        ):
             return None
-        return lane.address
+        https = parts.scheme == "https"
+        try:
+            port = parts.port or (443 if https else 80)
+        except ValueError:
+            return None
+        tls: tuple[bool, str | None, str | None] | None = None
+        if https:
+            verify = session.verify
+            if verify is False:
+                tls = (False, None, None)
+            else:
+                where = verify if isinstance(verify, str) else DEFAULT_CA_BUNDLE_PATH
+                tls = (True, None, where) if os.path.isdir(where) else (True, where, None)
+        return parts.hostname, port, parts.path.rstrip("/"), self.timeout, tls
 
     def batch_headers(self) -> dict[str, str] | None:
         """The headers of a metric batch request, or ``None`` when the token is due a refresh.
@@ -606,7 +635,7 @@ class HTTPBackend(Backend):
         """Send a request and return its decoded JSON answer, or raise.
 
         ``direct`` sends a JSON request through the direct lane when the backend has one (see
-        :class:`DirectLane`); the per-step metric batches use it.
+        :class:`_DirectLane`); the per-step metric batches use it.
         """
         response = self._send(
             method,
@@ -674,7 +703,7 @@ class HTTPBackend(Backend):
             headers["Authorization"] = "Bearer " + self._token
         if body is not None:
             headers["Content-Type"] = "application/json; charset=utf-8"
-            data = encode_json(body)
+            data = _encode_json(body)
         elif raw is not None:
             headers["Content-Type"] = raw.content_type
             data = raw.as_request_body()
@@ -716,7 +745,7 @@ class HTTPBackend(Backend):
         headers = {"Content-Type": "application/json; charset=utf-8"}
         if auth and self._token:
             headers["Authorization"] = "Bearer " + self._token
-        data = None if body is None else encode_json(body)
+        data = None if body is None else _encode_json(body)
         start = time.perf_counter()
         answer = self._lane.send(method, path, self.url + path, data, headers)
         if logger.isEnabledFor(logging.DEBUG):
@@ -841,7 +870,7 @@ class _Answer:
 _Reply = Union[requests.Response, _Answer]
 
 
-class DirectLane:
+class _DirectLane:
     """Keep-alive connections that send small JSON requests without ``requests``' layers.
 
     A metric batch is one small request per training step, and ``requests`` (sessions, hooks,
@@ -864,13 +893,12 @@ class DirectLane:
         self._port = port
         self._prefix = prefix
         self._timeout = timeout
-        self.address = (host, port, prefix, timeout)
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
         self._closed = False
 
     @classmethod
-    def for_session(cls, url: str, session: requests.Session, timeout: float) -> DirectLane | None:
+    def for_session(cls, url: str, session: requests.Session, timeout: float) -> _DirectLane | None:
         """Return a lane for the backend's own session, or ``None`` when it cannot be used."""
         parts = urlsplit(url)
         if parts.scheme != "http" or session.proxies or session.auth or not parts.hostname:
@@ -1008,7 +1036,7 @@ def _datetime_or_none(value: datetime | None) -> str | None:
     return None if value is None else format_datetime(value)
 
 
-def batch_body(
+def _batch_body(
     metrics: Sequence[tuple[str, float]], step: int | None, recorded_at: datetime | None
 ) -> dict[str, Any]:
     """The JSON body of a metric batch (fields that are not given are left out)."""
@@ -1020,7 +1048,7 @@ def batch_body(
     return _drop_none(body)
 
 
-def encode_json(body: Mapping[str, Any]) -> bytes:
+def _encode_json(body: Mapping[str, Any]) -> bytes:
     """Encode JSON without NaN or Infinity tokens, which the server refuses."""
     try:
         return json.dumps(body, allow_nan=False, separators=(",", ":")).encode("utf-8")

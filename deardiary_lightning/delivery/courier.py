@@ -7,16 +7,17 @@ hundred microseconds per step (the benchmark ``benchmarks/bench_trainer_fit.py``
 matter how little the thread does. A child process has its own interpreter: the training loop
 pays for one message per delivery cycle instead of one request per step.
 
-The writer (:mod:`~.writer`) uses it for metric batches to a plain ``http://`` server (the same
-condition as the backend's direct lane); everything else, every retry and every check still
-goes through the writer's own threads. When the child cannot start, or stops, the writer sends
+The writer (:mod:`~.writer`) uses it for metric batches to a server reached without a proxy or
+client certificates, over ``http://`` or ``https://`` (verified with the CA bundle the HTTP
+backend's session uses); everything else, every retry and every check still goes through the
+writer's own threads. When the child cannot start, or stops, the writer sends
 from its threads again, and the batches the child had not answered count as "may have landed"
 and are checked like any other lost answer.
 
 Messages go over the child's standard input and output, each one a 4-byte big-endian length
 followed by a pickle::
 
-    parent -> child   ("open", host, port, prefix, timeout, connections)      first, once
+    parent -> child   ("open", host, port, prefix, timeout, connections, tls)  first, once
                       ("send", path, headers, [(token, step, when, items), ...])
     child -> parent   ("ready",)                                                once connected
                       ("done", [(token, status, retry_after, body), ...])
@@ -41,6 +42,7 @@ import queue
 import selectors
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -50,12 +52,15 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import IO, Any
 
-__all__ = ["Answer", "SenderProcess", "main"]
+__all__ = ["Answer", "BatchTarget", "SenderProcess", "main"]
 
 logger = logging.getLogger(__name__)
 
 #: One answer: (token, status or -1, Retry-After header or error class, body or error message).
 Answer = tuple[int, int, Any, Any]
+
+#: Host, port, path prefix, timeout, and for TLS (verify, CA file, CA directory), else None.
+BatchTarget = tuple[str, int, str, float, "tuple[bool, str | None, str | None] | None"]
 
 #: Seconds the child keeps collecting answers before it reports them, while requests it was
 #: given are still running: one message per burst rather than one per request.
@@ -122,7 +127,7 @@ class SenderProcess:
     @classmethod
     def start(
         cls,
-        address: tuple[str, int, str, float],
+        target: BatchTarget,
         connections: int,
         on_answers: Callable[[list[Answer]], None],
         on_exit: Callable[[], None],
@@ -130,7 +135,8 @@ class SenderProcess:
         """Start the child; ``None`` (and a log line) when no process can be started here.
 
         Args:
-            address: ``(host, port, path prefix, timeout)`` of the server's direct lane.
+            target: Where and how to post (:meth:`HTTPBackend.batch_target
+                <deardiary_lightning.backends.http.HTTPBackend.batch_target>`).
             connections: Requests the child keeps in flight at once (one connection each).
             on_answers: Called (on a background thread) with each message of answers.
             on_exit: Called (on a background thread) once the child has stopped.
@@ -156,7 +162,7 @@ class SenderProcess:
             logger.info("could not start the sender process (%s); sending from threads", exc)
             return None
         sender = cls(process, on_answers, on_exit)
-        sender._outgoing.put(("open", *address, connections))
+        sender._outgoing.put(("open", *target[:4], connections, target[4]))
         return sender
 
     @property
@@ -257,7 +263,9 @@ class _Connection:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.connected = False
+        self.connected = False  # the TCP connection is up
+        self.handshaking = False  # TLS: the handshake has not finished
+        self.wants = selectors.EVENT_WRITE  # what the next step waits for
         self.token: int | None = None
         self.deadline = 0.0
         self.outgoing = b""
@@ -269,18 +277,37 @@ class _Connection:
             self.sock.close()
 
 
+def _tls_context(verify: bool, cafile: str | None, capath: str | None) -> ssl.SSLContext:
+    """The client TLS context: the CA bundle the parent's HTTP session uses, or none."""
+    if verify:
+        return ssl.create_default_context(cafile=cafile, capath=capath)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class _Child:
     """Posts the batches it is given over up to ``connections`` kept-alive connections."""
 
-    def __init__(self, host: str, port: int, prefix: str, timeout: float, connections: int) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        prefix: str,
+        timeout: float,
+        connections: int,
+        tls: tuple[bool, str | None, str | None] | None = None,
+    ) -> None:
         self._host = host
         self._port = port
         self._prefix = prefix
         self._timeout = timeout
         self._limit = max(1, connections)
-        self._host_header = host if port == 80 else f"{host}:{port}"
-        if ":" in host and not host.startswith("["):
-            self._host_header = f"[{host}]" if port == 80 else f"[{host}]:{port}"
+        self._tls = _tls_context(*tls) if tls is not None else None
+        default_port = 443 if tls is not None else 80
+        name = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        self._host_header = name if port == default_port else f"{name}:{port}"
         self._selector = selectors.DefaultSelector()
         self._idle: list[_Connection] = []
         self._busy: list[_Connection] = []
@@ -334,10 +361,7 @@ class _Child:
             connection.sent_any = False
             connection.incoming.clear()
             self._busy.append(connection)
-            if connection.connected:
-                self._write(connection)
-            if connection.token is not None:  # not failed at once
-                self._watch(connection)
+            self._advance(connection)
 
     def _open(self) -> _Connection:
         try:
@@ -353,40 +377,74 @@ class _Child:
         connection = _Connection(sock)
         error = sock.connect_ex(address)
         if error == 0:
-            connection.connected = True
+            self._connected(connection)
         elif error not in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
             connection.close()
             msg = f"could not connect to the DearDiary server ({os.strerror(error)})"
             raise _Lost("ConnectError", msg)
         return connection
 
-    def _watch(self, connection: _Connection) -> None:
-        events = selectors.EVENT_READ
-        if not connection.connected or connection.outgoing:
-            events |= selectors.EVENT_WRITE
+    def _connected(self, connection: _Connection) -> None:
+        connection.connected = True
+        if self._tls is not None:
+            connection.sock = self._tls.wrap_socket(
+                connection.sock, server_hostname=self._host, do_handshake_on_connect=False
+            )
+            connection.handshaking = True
+
+    def _advance(self, connection: _Connection) -> None:
+        """Move the exchange on a busy connection as far as it goes without waiting."""
+        if connection.connected and connection.handshaking:
+            try:
+                connection.sock.do_handshake()  # type: ignore[attr-defined]
+            except ssl.SSLWantReadError:
+                self._wait_for(connection, selectors.EVENT_READ)
+                return
+            except ssl.SSLWantWriteError:
+                self._wait_for(connection, selectors.EVENT_WRITE)
+                return
+            except OSError as exc:
+                # Nothing of the request was sent: a certificate the CA bundle does not
+                # accept, a server that does not speak TLS...
+                token = connection.token
+                self._drop(connection)
+                assert token is not None
+                msg = f"the TLS handshake with the DearDiary server failed ({exc}); not applied"
+                self._answer(token, -1, "ConnectError", msg)
+                return
+            connection.handshaking = False
+        if not connection.connected:
+            self._wait_for(connection, selectors.EVENT_WRITE)
+            return
+        while connection.outgoing:
+            try:
+                sent = connection.sock.send(connection.outgoing)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                self._wait_for(connection, selectors.EVENT_WRITE)
+                return
+            except ssl.SSLWantReadError:
+                self._wait_for(connection, selectors.EVENT_READ)
+                return
+            except OSError as exc:
+                self._fail(connection, exc)
+                return
+            connection.sent_any = connection.sent_any or sent > 0
+            connection.outgoing = connection.outgoing[sent:]
+        self._read(connection)
+
+    def _wait_for(self, connection: _Connection, events: int) -> None:
+        connection.wants = events
         try:
             self._selector.modify(connection.sock, events, connection)
         except KeyError:
             self._selector.register(connection.sock, events, connection)
 
-    def _write(self, connection: _Connection) -> None:
-        try:
-            sent = connection.sock.send(connection.outgoing)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._fail(connection, exc)
-            return
-        connection.sent_any = connection.sent_any or sent > 0
-        connection.outgoing = connection.outgoing[sent:]
-
     # answers ....................................................................................
 
-    def ready(self, connection: _Connection, events: int) -> None:
-        """Move the exchange on a connection that the selector reported."""
+    def ready(self, connection: _Connection) -> None:
+        """Move on a connection that the selector reported."""
         if connection.token is None:
-            # Readable while idle: the server closed it (or sent something unasked for).
-            self._drop(connection)
+            self._check_idle(connection)
             return
         if not connection.connected:
             error = connection.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -396,34 +454,51 @@ class _Child:
                 msg = f"could not connect to the DearDiary server ({os.strerror(error)})"
                 self._answer(token, -1, "ConnectError", msg)
                 return
-            connection.connected = True
-        if events & selectors.EVENT_WRITE and connection.outgoing:
-            self._write(connection)
-        if connection.token is not None and events & selectors.EVENT_READ:
-            self._read(connection)
-        if connection.token is not None:
-            self._watch(connection)
+            self._connected(connection)
+        self._advance(connection)
+
+    def _check_idle(self, connection: _Connection) -> None:
+        """An idle connection became readable: the server closed it, or (TLS) sent tickets."""
+        if self._tls is not None:
+            try:
+                data = connection.sock.recv(65536)
+            except (ssl.SSLWantReadError, BlockingIOError, InterruptedError):
+                return  # protocol records only (session tickets): still usable
+            except OSError:
+                data = b""
+            if data:
+                logger.debug("unexpected %d bytes on an idle connection", len(data))
+        self._drop(connection)
 
     def _read(self, connection: _Connection) -> None:
-        try:
-            data = connection.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._fail(connection, exc)
-            return
-        if not data:
-            self._fail(connection, ConnectionResetError("the server closed the connection"))
-            return
-        connection.incoming += data
-        try:
-            answer = _parse(connection.incoming)
-        except ValueError as exc:
-            self._fail(connection, exc)
-            return
-        if answer is None:
-            return
-        status, headers, body = answer
+        while True:
+            try:
+                data = connection.sock.recv(65536)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                self._wait_for(connection, selectors.EVENT_READ)
+                return
+            except ssl.SSLWantWriteError:
+                self._wait_for(connection, selectors.EVENT_WRITE)
+                return
+            except OSError as exc:
+                self._fail(connection, exc)
+                return
+            if not data:
+                self._fail(connection, ConnectionResetError("the server closed the connection"))
+                return
+            connection.incoming += data
+            try:
+                answer = _parse(connection.incoming)
+            except ValueError as exc:
+                self._fail(connection, exc)
+                return
+            if answer is not None:
+                self._finish(connection, *answer)
+                return
+
+    def _finish(
+        self, connection: _Connection, status: int, headers: dict[str, str], body: bytes
+    ) -> None:
         token = connection.token
         assert token is not None
         self._busy.remove(connection)
@@ -432,7 +507,7 @@ class _Child:
             self._drop(connection)
         else:
             self._idle.append(connection)
-            self._selector.modify(connection.sock, selectors.EVENT_READ, connection)
+            self._wait_for(connection, selectors.EVENT_READ)
         if status == 201:
             self._answer(token, 201, None, b"")
         else:
@@ -514,12 +589,12 @@ class _Child:
             self.report(sink, now)
             events = self._selector.select(self.wait(now))
             now = time.monotonic()
-            for key, mask in events:
+            for key, _ in events:
                 if key.data is None:
                     if not self._take_input(fd, pending):
                         return
-                else:
-                    self.ready(key.data, mask)
+                elif key.data.sock.fileno() != -1:  # not dropped earlier in this round
+                    self.ready(key.data)
             self.expire(now)
 
     def _take_input(self, fd: int, pending: bytearray) -> bool:
@@ -618,9 +693,10 @@ def main() -> None:
     body = _read_exactly(fd, _LENGTH.unpack(head)[0]) if head is not None else None
     if body is None:
         return
-    _, host, port, prefix, timeout, connections = pickle.loads(body)
+    _, host, port, prefix, timeout, connections, tls = pickle.loads(body)
+    child = _Child(host, port, prefix, timeout, connections, tls)
     _write(sink, ("ready",))
-    _Child(host, port, prefix, timeout, connections).run(source, sink)
+    child.run(source, sink)
 
 
 def _read_exactly(fd: int, size: int) -> bytes | None:

@@ -28,10 +28,11 @@ Threads and queues::
   order: two batches of the same step are never in flight together, and parameters, tags, notes
   and the end of the run go one at a time, in the order they were logged.
 - **The sender process** (:mod:`~.courier`) takes the metric batches' first attempt off this
-  process for a plain ``http://`` server: the pump hands it a cycle's batches in one message
-  and it answers in bursts, so the training loop does not share the interpreter lock with
-  socket I/O. Any batch it could not deliver comes back to a sender thread with its error and
-  follows the rules below; if the process stops, what it had not answered is checked.
+  process for a server reached without a proxy (``http://`` or ``https://``): the pump hands it
+  a cycle's batches in one message and it answers in bursts, so the training loop does not
+  share the interpreter lock with socket I/O. Any batch it could not deliver comes back to a
+  sender thread with its error and follows the rules below; if the process stops, what it had
+  not answered is checked.
 - **Failures**: a request that certainly did not apply (no connection, 429, expired token) is
   retried with exponential backoff and full jitter (:mod:`~.retry`), honouring ``Retry-After``.
   A request that may have applied (lost answer, timeout, 5xx) is returned to the pump, which
@@ -373,9 +374,9 @@ def open_run(
         flush_interval: Seconds between two background deliveries.
         close_timeout: Longest wait of :meth:`RunWriter.close` (and at exit).
         retry: Backoff and retry budget (:class:`~.retry.RetryPolicy`).
-        sender_process: Send the metric batches to a plain ``http://`` server from a child
-            process (:mod:`~.courier`), which keeps the training loop's interpreter free;
-            ``False`` sends them from threads of this process.
+        sender_process: Send the metric batches to a server from a child process
+            (:mod:`~.courier`), which keeps the training loop's interpreter free; ``False``
+            sends them from threads of this process.
 
     Returns:
         The writer. When the server cannot be reached, the run is created in the spool and
@@ -621,7 +622,7 @@ class RunWriter:
             and client.backend.points_in_one_write
             and self._sender_count == 1
         )
-        # The sender process: metric batches to a plain http:// server (see courier.py).
+        # The sender process: metric batches to the server (see courier.py).
         self._sender_process = sender_process
         self._courier: SenderProcess | None = None
         self._courier_ops: dict[int, _Op] = {}  # token (op.seq) -> batch it carries
@@ -1408,13 +1409,16 @@ class RunWriter:
     # -- sender process -----------------------------------------------------------------------
 
     def _start_courier(self, client: Client, ids: _Ids) -> None:
-        """Start the sender process when the server is reached over a plain direct lane."""
+        """Start the sender process when the server is reached without a proxy."""
         backend = client.backend
-        if not isinstance(backend, HTTPBackend) or backend.direct_address is None:
+        if not isinstance(backend, HTTPBackend):
+            return
+        target = backend.batch_target
+        if target is None:
             return
         self._courier_path = backend.batch_path(ids.iteration_id)
         self._courier = SenderProcess.start(
-            backend.direct_address,
+            target,
             COURIER_CONNECTIONS,
             self._courier_answered,
             self._wake.set,

@@ -13,6 +13,7 @@ import http
 import logging
 import shutil
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -88,6 +89,7 @@ class DearDiaryTestServer:
             reused, like a server restarted on the same files.
         port: The port; 0 picks a free one. Outages keep the port.
         seed: Seed of the fault injector's random source.
+        tls: Serve HTTPS with this server-side context (the URL is then ``https://``).
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class DearDiaryTestServer:
         data_dir: str | Path | None = None,
         port: int = 0,
         seed: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if id_kind not in ("int", "uuid"):
             msg = f"id_kind must be 'int' or 'uuid', got {id_kind!r}"
@@ -107,6 +110,7 @@ class DearDiaryTestServer:
         self.token_lifetime = token_lifetime
         self._data_dir_arg = None if data_dir is None else Path(data_dir)
         self._port = port
+        self._tls = tls
         self._faults = FaultInjector(seed)
 
         self._state_lock = threading.RLock()
@@ -185,8 +189,9 @@ class DearDiaryTestServer:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://127.0.0.1:{self._port}"
+        """``http://127.0.0.1:PORT`` (``https://`` with TLS)."""
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self._port}"
 
     @property
     def api(self) -> Api:
@@ -199,6 +204,11 @@ class DearDiaryTestServer:
         """Bind the port and serve in a background thread."""
         httpd = _HTTPServer(("127.0.0.1", self._port), self)
         self._port = httpd.server_address[1]
+        if self._tls is not None:
+            # The handshake runs when a request handler first reads, on its own thread.
+            httpd.socket = self._tls.wrap_socket(
+                httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
         thread = threading.Thread(
             target=httpd.serve_forever,
             kwargs={"poll_interval": 0.05},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -279,3 +280,60 @@ def test_answers_are_read_whole_in_any_framing(raw: bytes, expected: tuple[int, 
 def test_an_answer_that_is_not_http_is_refused() -> None:
     with pytest.raises(ValueError, match="not an HTTP"):
         _parse(bytearray(b"SSH-2.0-OpenSSH\r\n\r\n"))
+
+
+def test_an_https_server_gets_the_sender_process_with_the_session_ca_bundle(
+    deardiary_server_factory: Any,
+    spool_dir: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trustme = pytest.importorskip("trustme")
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    bundle = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    server = deardiary_server_factory(tls=context)
+    assert server.url.startswith("https://")
+
+    run = open_run(server.url, project="process", experiment="tls", spool=spool_dir)
+    courier = run._courier
+    assert courier is not None
+    for step in range(300):
+        run.log_metrics(values(step, 3), step=step)
+        time.sleep(0.002)
+    assert run.flush(timeout=60)
+    run.close()
+
+    assert server_points(server, run.iteration_id) == expected_points(300, 3)
+    assert courier.answered > 100  # the child spoke TLS, verified with the bundle
+
+
+def test_a_certificate_the_bundle_does_not_trust_is_refused_by_the_child_too(
+    deardiary_server_factory: Any, tmp_path: Path
+) -> None:
+    from datetime import datetime
+
+    from deardiary_lightning.delivery.courier import _Child
+
+    trustme = pytest.importorskip("trustme")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(context)
+    bundle = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))  # a different authority
+    server = deardiary_server_factory(tls=context)
+
+    child = _Child("127.0.0.1", server.port, "", 10.0, 1, (True, str(bundle), None))
+    child.take("/metric/iteration/1/batch", {}, [(7, 0, datetime(2026, 1, 1), [("a", 1.0)])])
+    deadline = time.monotonic() + 10
+    while not child._answers:
+        assert time.monotonic() < deadline, "no answer"
+        child._start_jobs(time.monotonic())
+        for key, _ in child._selector.select(0.1):
+            child.ready(key.data)
+
+    ((token, status, kind, message),) = child._answers
+    assert (token, status, kind) == (7, -1, "ConnectError")  # not sent: safe to send again
+    assert "certificate" in message.lower()
