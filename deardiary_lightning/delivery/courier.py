@@ -48,6 +48,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import IO, Any
@@ -141,6 +142,8 @@ class SenderProcess:
             on_answers: Called (on a background thread) with each message of answers.
             on_exit: Called (on a background thread) once the child has stopped.
         """
+        if os.name != "posix":
+            return None  # the child's selector loop needs pipes it can poll
         if not sys.executable:
             logger.info("no Python executable to start the sender process; sending from threads")
             return None
@@ -163,6 +166,7 @@ class SenderProcess:
             return None
         sender = cls(process, on_answers, on_exit)
         sender._outgoing.put(("open", *target[:4], connections, target[4]))
+        _started.add(sender)
         return sender
 
     @property
@@ -233,6 +237,35 @@ class SenderProcess:
             self.exited = True
             source.close()
             self._on_exit()
+
+
+_started: weakref.WeakSet[SenderProcess] = weakref.WeakSet()
+
+
+def _close_pipes_after_fork() -> None:
+    """In a forked process (a DataLoader worker...): let go of the pipes to the children.
+
+    Otherwise the child would not see its input close when the process that started it closes
+    it or dies, for as long as the forked process lives.
+    """
+    senders = list(_started)
+    if not senders:
+        return
+    # Point the descriptors at /dev/null rather than close them: the file objects still own
+    # the numbers, and closing them later must not close a file this process opened since.
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for sender in senders:
+            for pipe in (sender._process.stdin, sender._process.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        os.dup2(null, pipe.fileno())
+    finally:
+        os.close(null)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_pipes_after_fork)
 
 
 # -- child side -------------------------------------------------------------------------------

@@ -337,3 +337,31 @@ def test_a_certificate_the_bundle_does_not_trust_is_refused_by_the_child_too(
     ((token, status, kind, message),) = child._answers
     assert (token, status, kind) == (7, -1, "ConnectError")  # not sent: safe to send again
     assert "certificate" in message.lower()
+
+
+def test_a_forked_process_does_not_keep_the_sender_process_alive(
+    deardiary_server_factory: Any, spool_dir: str
+) -> None:
+    server = deardiary_server_factory()
+    run = open_run(server.url, project="process", experiment="forked", spool=spool_dir)
+    courier = run._courier
+    assert courier is not None
+    run.log_metrics(values(0, 3), step=0)
+    assert run.flush(timeout=30)
+
+    forked = os.fork()  # as a DataLoader worker would be
+    if forked == 0:
+        time.sleep(5)
+        os._exit(0)
+    try:
+        run.close()
+        # Closing the pipe ended the child although the forked process still holds copies.
+        deadline = time.monotonic() + 2
+        while _alive(courier.pid):
+            assert time.monotonic() < deadline, "the sender process waited for the fork"
+            time.sleep(0.02)
+        assert courier._process.returncode == 0  # it left on its own, not killed
+    finally:
+        os.kill(forked, signal.SIGKILL)
+        os.waitpid(forked, 0)
+    assert server_points(server, run.iteration_id) == expected_points(1, 3)
