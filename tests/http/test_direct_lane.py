@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -15,12 +14,6 @@ from deardiary_lightning.backends.http import HTTPBackend
 from tests.deardiary_server import DearDiaryTestServer, FaultRule
 
 PASSWORD = "s3cret-Pa55word"
-
-
-@pytest.fixture
-def server() -> Iterator[DearDiaryTestServer]:
-    with DearDiaryTestServer(auth=False, id_kind="int") as server:
-        yield server
 
 
 @pytest.fixture

@@ -20,12 +20,6 @@ PASSWORD = "s3cret-Pa55word"
 
 
 @pytest.fixture
-def server() -> Iterator[DearDiaryTestServer]:
-    with DearDiaryTestServer(auth=False, id_kind="int") as server:
-        yield server
-
-
-@pytest.fixture
 def auth_server() -> Iterator[DearDiaryTestServer]:
     with DearDiaryTestServer(auth=True, id_kind="int", token_lifetime=3.0) as server:
         server.create_user("bob", PASSWORD, is_admin=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -13,12 +12,6 @@ from deardiary_lightning.errors import ConnectError
 from tests.deardiary_server import DearDiaryTestServer
 
 _PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
-
-
-@pytest.fixture
-def server() -> Iterator[DearDiaryTestServer]:
-    with DearDiaryTestServer(auth=False, id_kind="int") as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)
