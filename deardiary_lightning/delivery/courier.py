@@ -517,6 +517,10 @@ class _Child:
                 self._fail(connection, exc)
                 return
             if not data:
+                whole = _parse(connection.incoming, closed=True) if connection.incoming else None
+                if whole is not None:  # an answer that ends when the connection does
+                    self._finish(connection, *whole)
+                    return
                 self._fail(connection, ConnectionResetError("the server closed the connection"))
                 return
             connection.incoming += data
@@ -650,10 +654,11 @@ class _Child:
         return True
 
 
-def _parse(buffer: bytearray) -> tuple[int, dict[str, str], bytes] | None:
+def _parse(buffer: bytearray, *, closed: bool = False) -> tuple[int, dict[str, str], bytes] | None:
     """Read one whole answer from the start of ``buffer``; ``None`` while it is incomplete.
 
-    Handles ``Content-Length`` and chunked bodies and skips ``1xx`` interim answers.
+    Handles ``Content-Length`` and chunked bodies, bodies that end with the connection
+    (``closed``: the server has closed it), and skips ``1xx`` interim answers.
 
     Raises:
         ValueError: The bytes are not an HTTP/1.x answer.
@@ -681,6 +686,13 @@ def _parse(buffer: bytearray) -> tuple[int, dict[str, str], bytes] | None:
             body = _dechunk(buffer, start)
             if body is None:
                 return None
+            return status, headers, body
+        if "content-length" not in headers and status not in (204, 304):
+            if not closed:
+                return None  # the body runs until the server closes the connection
+            headers["connection"] = "close"
+            body = bytes(buffer[start:])
+            del buffer[:]
             return status, headers, body
         length = int(headers.get("content-length", "0"))
         if len(buffer) < start + length:

@@ -1435,6 +1435,11 @@ class RunWriter:
             if status == 201:
                 delivered.append(op)
                 continue
+            if status == 401:
+                # Refused, so nothing was applied: a sender thread sends it again through the
+                # backend, which signs in again after an expired or re-keyed token.
+                self._work.put(op)
+                continue
             backend = client.backend if client is not None else None
             if not isinstance(backend, HTTPBackend):  # pragma: no cover - set before the child
                 self._work.put(_Resend(op, ResponseLostError(str(extra), method="POST", url="")))

@@ -277,6 +277,14 @@ def test_answers_are_read_whole_in_any_framing(raw: bytes, expected: tuple[int, 
     assert bytes(buffer) == b"HTTP/1.1 201"
 
 
+def test_an_answer_without_length_ends_with_the_connection() -> None:
+    raw = b"HTTP/1.0 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\noops"
+    assert _parse(bytearray(raw)) is None  # more may come until the server closes
+    answer = _parse(bytearray(raw), closed=True)
+    assert answer is not None
+    assert (answer[0], answer[2], answer[1]["connection"]) == (500, b"oops", "close")
+
+
 def test_an_answer_that_is_not_http_is_refused() -> None:
     with pytest.raises(ValueError, match="not an HTTP"):
         _parse(bytearray(b"SSH-2.0-OpenSSH\r\n\r\n"))
@@ -365,3 +373,33 @@ def test_a_forked_process_does_not_keep_the_sender_process_alive(
         os.kill(forked, signal.SIGKILL)
         os.waitpid(forked, 0)
     assert server_points(server, run.iteration_id) == expected_points(1, 3)
+
+
+def test_a_token_the_server_stops_accepting_is_replaced_and_nothing_is_lost(
+    deardiary_server_factory: Any, spool_dir: str
+) -> None:
+    server = deardiary_server_factory(auth=True)
+    server.create_user("trainer", "s3cret-pass", is_admin=True)
+    run = open_run(
+        server.url,
+        project="process",
+        experiment="re-keyed",
+        username="trainer",
+        password="s3cret-pass",
+        spool=spool_dir,
+        flush_interval=0.05,
+    )
+    courier = run._courier
+    assert courier is not None
+    for step in range(400):
+        run.log_metrics(values(step, 3), step=step)
+        time.sleep(0.002)
+        if step == 200:
+            assert courier.answered > 0
+            # The server's signing secret changes: every token it issued is now TOKEN_INVALID.
+            server.api.jwt_secret = "a-new-secret"
+    assert run.flush(timeout=60)
+    run.close()
+
+    assert server_points(server, run.iteration_id) == expected_points(400, 3)
+    assert courier.answered > 250  # the child went on with the new token
