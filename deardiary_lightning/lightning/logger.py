@@ -91,6 +91,7 @@ _subscriptions = itertools.count()
 
 #: Rank zero's run keys, for the ranks it starts as child processes: ``<pid>:<key>,<key>...``.
 _RUN_KEYS_VARIABLE = "DEARDIARY_LIGHTNING_RUN_KEYS"
+_LISTED_KEYS = 64  # at most (about 1 KB of environment)
 _built = itertools.count()
 
 
@@ -111,6 +112,8 @@ def _new_run_key() -> str:
             return keys[number]
         return "run-" + uuid.uuid4().hex[:12]
     key = "run-" + uuid.uuid4().hex[:12]
+    if number >= _LISTED_KEYS:
+        return key  # a long sweep in one process: launches happen at the first loggers
     mine = keys[:number] if owner == str(os.getpid()) else []
     mine += [""] * (number - len(mine))  # keys of loggers built before another process's list
     os.environ[_RUN_KEYS_VARIABLE] = f"{os.getpid()}:" + ",".join([*mine, key])
