@@ -9,7 +9,9 @@ Usage: python lifecycle_script.py STORE MODE, with MODE one of:
   during the second epoch;
 - ``sigterm-stuck``: receive SIGTERM, then stay busy in that training step far longer than the
   SIGTERM grace period (shortened here to a few seconds);
-- ``sigterm-after-fit``: receive SIGTERM in ``on_fit_end``, after the training loop is over.
+- ``sigterm-after-fit``: receive SIGTERM in ``on_fit_end``, after the training loop is over;
+- ``ddp-sigterm``: as ``sigterm-checkpoints``, under DDP with two processes (rank zero receives
+  the signal and Lightning passes it to the other rank, as a cluster scheduler's would).
 
 The script prints ``iteration <id>`` when ``fit`` returns, and ``save <path>`` for each
 checkpoint file the Trainer writes (so the test can compare the uploads with the files).
@@ -41,7 +43,7 @@ class TerminateAt(Callback):
         self.busy = busy
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, idx: int) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and trainer.global_rank == 0:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(self.busy)
 
@@ -60,7 +62,7 @@ class ReportSaves(ModelCheckpoint):
 def main() -> None:
     store, mode = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
-    checkpoints = mode in ("sigterm-checkpoints", "sigterm-after-fit")
+    checkpoints = mode in ("sigterm-checkpoints", "sigterm-after-fit", "ddp-sigterm")
     wait = 2.0 if mode == "sigterm-stuck" else 10.0
     logger = DearDiaryLogger(
         url=store, project="p", experiment="life", log_checkpoints=checkpoints, close_timeout=wait
@@ -70,6 +72,8 @@ def main() -> None:
         callbacks.append(TerminateAt(3))
     elif mode == "sigterm-checkpoints":
         callbacks.append(TerminateAt(6))  # epoch 1; epoch 0's checkpoint is saved at step 4
+    elif mode == "ddp-sigterm":
+        callbacks.append(TerminateAt(3))  # epoch 1: two steps per epoch and rank
     elif mode == "sigterm-stuck":
         shutdown.LOOP_GRACE = 1.0
         callbacks.append(TerminateAt(3, busy=300.0))
@@ -77,7 +81,10 @@ def main() -> None:
         callbacks.append(TerminateAfterFit())
     if checkpoints:
         callbacks.append(ReportSaves(monitor="val_loss", save_top_k=1, save_last=True))
-    trainer = Trainer(logger=logger, callbacks=callbacks, **trainer_kwargs(max_epochs=2))
+    distributed = {"strategy": "ddp", "devices": 2} if mode == "ddp-sigterm" else {}
+    trainer = Trainer(
+        logger=logger, callbacks=callbacks, **trainer_kwargs(max_epochs=2, **distributed)
+    )
     trainer.fit(TinyModel(), loader(), loader(20, seed=1))
     print("iteration", logger.iteration_id, flush=True)
     if mode == "raise":

@@ -93,6 +93,26 @@ def test_sigterm_during_fit_uploads_the_best_and_last_checkpoints(tmp_path: Path
     assert steps(dd.connect(str(tmp_path / "store")), iteration.id)["loss_step"] == list(range(7))
 
 
+def test_sigterm_under_ddp_ends_the_one_iteration_killed_with_checkpoints(tmp_path: Path):
+    done, iteration = run_script(tmp_path, "ddp-sigterm")  # one iteration for both ranks
+    assert done.returncode == -signal.SIGTERM, done.stderr[-2000:]
+    assert iteration.status is dd.IterationStatus.KILLED and iteration.ended
+    assert "SIGTERM" in iteration.error_message
+    assert "iteration" not in done.stdout.split()  # fit did not return on either rank
+
+    files = {f.name: f for f in saved_files(done)}  # both ranks report each save
+    found = uploads(tmp_path, iteration)
+    assert sorted(found) == [
+        f"iteration={iteration.id}-epoch=1-step=4-last.ckpt",
+        f"iteration={iteration.id}-epoch=1-step=4.ckpt",
+    ]
+    assert found[f"iteration={iteration.id}-epoch=1-step=4-last.ckpt"] == (
+        files["last.ckpt"].read_bytes()
+    )
+    logged = steps(dd.connect(str(tmp_path / "store")), iteration.id)
+    assert logged["loss_step"] == [0, 1, 2, 3]
+
+
 def test_sigterm_after_the_training_loop_still_ends_killed_with_checkpoints(tmp_path: Path):
     done, iteration = run_script(tmp_path, "sigterm-after-fit")
     assert done.returncode == -signal.SIGTERM, done.stderr[-2000:]
