@@ -86,6 +86,8 @@ _RUNTIME_STATE = (
     "_step_seen",
 )
 
+# How far above os.fork a process launcher's frame can be (multiprocessing and torch calls).
+_LAUNCH_FRAMES = 16
 _publications = itertools.count()
 _subscriptions = itertools.count()
 
@@ -339,9 +341,9 @@ class DearDiaryLogger(Logger):
     **DDP.** One iteration for all ranks: only rank zero opens the run and writes. Under
     ``ddp_spawn`` the main process opens the run when Lightning pickles the logger to start
     the processes, so every stage (fit, then test) continues it; the main process ends it.
-    Under ``ddp_fork`` and ``ddp_notebook``, a forked process continues the run the main
-    process opened, with a writer of its own: touch ``logger.experiment`` before the first
-    ``fit``, or each stage's rank-zero process opens (and ends) an iteration of its own.
+    Under ``ddp_fork`` and ``ddp_notebook`` the main process opens it just before Lightning
+    forks the processes of a stage, and each stage's rank-zero process continues it with a
+    writer of its own.
 
     **Checkpoints** (``log_checkpoints``): ``False``, nothing; ``True``, the best and the last
     checkpoint when fitting ends (or fails, or SIGTERM stops it); ``"all"``, every checkpoint
@@ -458,17 +460,19 @@ class DearDiaryLogger(Logger):
     def _lifecycle(self, lifecycle: _Lifecycle | None) -> None:
         self._opened = lifecycle
 
-    def __getstate__(self) -> dict[str, Any]:
-        if (
-            self._lifecycle is None
-            and self._opened_elsewhere is None
-            and multiprocessing.context.get_spawning_popen() is not None
-            and rank() == 0
-        ):
-            # Pickled to start a process (ddp_spawn starts new ones for every stage): open the
-            # run here, so that fit, validate and test all continue this one iteration, which
-            # this process ends when the logger goes (or at exit).
+    def _open_for_processes(self) -> None:
+        """Open the run before Lightning starts the processes of a stage from this one.
+
+        ``ddp_spawn``, ``ddp_fork`` and ``ddp_notebook`` run every stage (fit, then test) in
+        new processes started from this one. Opening the run here first makes all of them
+        continue this one iteration, which this process ends when the logger goes (or at exit).
+        """
+        if self._lifecycle is None and self._opened_elsewhere is None and rank() == 0:
             self._open()
+
+    def __getstate__(self) -> dict[str, Any]:
+        if multiprocessing.context.get_spawning_popen() is not None:
+            self._open_for_processes()  # pickled to start a process (ddp_spawn)
         state = self.__dict__.copy()
         for name in _RUNTIME_STATE:
             state.pop(name, None)
@@ -973,6 +977,44 @@ class DearDiaryLogger(Logger):
                 stacklevel=3,
             )
         return True
+
+
+def _forking_trainer(frame: Any) -> Any | None:
+    """Return the Trainer whose process launcher is forking, seen from an ``os.fork`` hook.
+
+    Lightning's ``ddp_fork`` and ``ddp_notebook`` launchers fork every process of a stage from
+    the launcher's ``launch(..., trainer=...)``, a few calls above ``os.fork``. Forks from
+    anywhere else (data loader workers, user code) find no such frame.
+    """
+    for _ in range(_LAUNCH_FRAMES):
+        if frame is None:
+            return None
+        code = frame.f_code
+        if code.co_name == "launch" and "launchers" in code.co_filename:
+            return frame.f_locals.get("trainer")
+        frame = frame.f_back
+    return None
+
+
+def _open_before_fork() -> None:
+    """Open the runs of a Trainer that is forking the processes of a stage (``ddp_fork``)."""
+    try:
+        trainer = _forking_trainer(sys._getframe(1))
+        loggers = getattr(trainer, "loggers", None) or ()
+        for logger in loggers:
+            if isinstance(logger, DearDiaryLogger):
+                logger._open_for_processes()
+    except Exception:
+        log.warning(
+            "DearDiary: could not open the run before Lightning forked its processes; each "
+            "stage may record an iteration of its own (touch logger.experiment before fit to "
+            "open it earlier)",
+            exc_info=True,
+        )
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_open_before_fork)
 
 
 def _stop_check(ref: weakref.ReferenceType[DearDiaryLogger]) -> Callable[[], bool]:

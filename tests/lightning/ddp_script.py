@@ -48,9 +48,6 @@ def main() -> None:
     torch.set_num_threads(1)
     logger = DearDiaryLogger(url=store, project="p", experiment="ddp")
     seen: dict[str, Any] = {"built": identity(logger)}
-    if strategy == "ddp_fork":
-        # Forked stages share the run only when this process opened it first (documented).
-        logger.experiment  # noqa: B018
     trainer = Trainer(
         logger=logger,
         callbacks=[Report(out)],

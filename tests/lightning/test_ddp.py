@@ -95,3 +95,23 @@ def test_a_forked_process_continues_the_run_with_a_writer_of_its_own(tmp_path: P
     assert iteration.id == opened and iteration.status is dd.IterationStatus.SUCCEEDED
     assert steps(client, iteration.id) == {"a": [0, 1], "b": [0]}
     assert parameters(client, iteration.id) == {"run/key": [logger.run_key]}
+
+
+def test_a_fork_outside_a_process_launcher_leaves_the_run_unopened(tmp_path: Path):
+    from lightning.pytorch import Trainer
+
+    from deardiary_lightning.lightning import DearDiaryLogger
+
+    store = tmp_path / "store"
+    logger = DearDiaryLogger(url=str(store), project="p", experiment="fork")
+    trainer = Trainer(logger=logger, enable_progress_bar=False, enable_model_summary=False)
+
+    def launch(trainer: Trainer) -> int:  # named like a launcher's method, in no launcher file
+        return os.fork()
+
+    pid = launch(trainer)
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+    assert logger.iteration_id is None and not store.exists()
