@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import timedelta
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 from typing_extensions import override
@@ -979,7 +979,7 @@ class DearDiaryLogger(Logger):
         return True
 
 
-def _forking_trainer(frame: Any) -> Any | None:
+def _forking_trainer(frame: FrameType | None) -> Any | None:
     """Return the Trainer whose process launcher is forking, seen from an ``os.fork`` hook.
 
     Lightning's ``ddp_fork`` and ``ddp_notebook`` launchers fork every process of a stage from
