@@ -13,7 +13,8 @@ For each it reports the median over the repeats of:
 
 - ``fit s``: the wall time of ``trainer.fit``;
 - ``loop overhead/step``: what the logger adds to the training loop, per logged step:
-  ``(fit - finalize) - (baseline fit)``, divided by the logged steps;
+  ``(fit - finalize) - (baseline fit)``, divided by the logged steps, where the baseline is a
+  no-logger fit run right before it (pairs cancel the drift of a shared machine);
 - ``in log call``: the median time spent inside the logger's ``log_metrics`` plus ``save``,
   per logged step (what the training thread waits for at each step);
 - ``finalize s``: the time of ``finalize`` at the end of ``fit`` (Lightning calls it inside
@@ -21,7 +22,7 @@ For each it reports the median over the repeats of:
 
 Usage::
 
-    python benchmarks/bench_trainer_fit.py                 # everything, about 3 minutes
+    python benchmarks/bench_trainer_fit.py                 # everything, about 6 minutes
     python benchmarks/bench_trainer_fit.py --steps 500 --repeats 1 --only csv deardiary-local
 """
 
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
@@ -50,6 +52,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 BATCH = 8
+# Below this share of all cores in use, the machine counts as idle between fits.
+IDLE_CPU_PERCENT = 20.0
 
 
 class TinyModel(LightningModule):
@@ -120,6 +124,19 @@ class Case:
     loops: list[float] = field(default_factory=list)
     finals: list[float] = field(default_factory=list)
     in_call: list[float] = field(default_factory=list)
+    overheads: list[float] = field(default_factory=list)
+
+
+def settle(limit: float = 30.0) -> None:
+    """Wait, at most ``limit`` seconds, until the machine is idle.
+
+    A server still starting up or catching up after the previous case would otherwise slow
+    down the next fit (a first baseline fit ran at a third of its speed beside a booting
+    ``mlflow server``).
+    """
+    deadline = time.monotonic() + limit
+    while psutil.cpu_percent(interval=0.5) > IDLE_CPU_PERCENT and time.monotonic() < deadline:
+        pass
 
 
 def run_fit(case: Case, steps: int, epochs: int, workdir: Path) -> None:
@@ -206,7 +223,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Trainer.fit overhead of loggers")
     parser.add_argument("--steps", type=int, default=1500, help="logged steps per fit")
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--only",
         nargs="*",
@@ -228,14 +245,17 @@ def main() -> None:
         warm = Case("warm-up", lambda d: None)
         run_fit(warm, min(args.steps, 200), 1, root)
 
+        baseline = cases[0]
         for repeat in range(args.repeats):
-            for index, case in enumerate(cases):
-                workdir = root / f"r{repeat}-c{index}"
-                workdir.mkdir()
-                run_fit(case, args.steps, args.epochs, workdir)
+            for index, case in enumerate(cases[1:], start=1):
+                for which in (baseline, case):
+                    settle()
+                    workdir = root / f"r{repeat}-c{index}-{which is case}"
+                    workdir.mkdir()
+                    run_fit(which, args.steps, args.epochs, workdir)
+                case.overheads.append(case.loops[-1] - baseline.loops[-1])
             print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
 
-    baseline = statistics.median(cases[0].loops)
     print(
         f"\nTrainer.fit, {args.steps} logged steps ({args.epochs} epochs), 3 step-level + 2 "
         f"epoch-level values per step; median of {args.repeats} repeats\n"
@@ -245,9 +265,10 @@ def main() -> None:
     print(f"|{'-' * 26}|{'-' * 8}|{'-' * 20}|{'-' * 13}|{'-' * 12}|")
     for case in cases:
         fit = statistics.median(case.fits)
-        overhead = (statistics.median(case.loops) - baseline) / args.steps * 1e6
         call = f"{statistics.median(case.in_call) * 1e6:.0f} µs" if case.in_call else "-"
-        extra = "-" if case is cases[0] else f"{overhead:.0f} µs"
+        extra = "-"
+        if case.overheads:
+            extra = f"{statistics.median(case.overheads) / args.steps * 1e6:.0f} µs"
         final = f"{statistics.median(case.finals):.2f}"
         print(f"| {case.name:<24} | {fit:6.2f} | {extra:>18} | {call:>11} | {final:>10} |")
 
